@@ -1,0 +1,71 @@
+"""Reading checkpoints safely and handing weights from one stage to the next.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: only tensors and plain data
+are unpickled, so a checkpoint from elsewhere cannot run code on load. The zoom-out stage
+starts from the zoom-in weights (paper Sec. 2.3); the reference code copied whatever names
+and shapes matched and silently skipped the rest, which hides a wrong checkpoint.
+Here every tensor must match, or the run stops with a message saying what differs.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from stroke_seg.errors import StrokeSegError
+
+
+def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
+    """Load a Lightning checkpoint as plain data, or explain in one sentence why not."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise StrokeSegError(f"{key}={path} does not exist; pass the path of a .ckpt file.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise StrokeSegError(
+            f"{key}={path} holds more than tensors and plain data, so it was not loaded "
+            f"(it could run code); only checkpoints written by stroke_seg are accepted ({err})."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise StrokeSegError(f"{key}={path} is not a readable checkpoint ({err}).") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise StrokeSegError(f"{key}={path} is not a Lightning checkpoint (no state_dict).")
+    return ckpt
+
+
+def load_matching_weights(module: nn.Module, path: str | Path, key: str = "ckpt") -> dict[str, Any]:
+    """Copy every weight of the checkpoint into ``module``; refuse any difference.
+
+    Returns the checkpoint's hyper-parameters (for the record of the run).
+    """
+    ckpt = read_checkpoint(path, key)
+    state = ckpt["state_dict"]
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        theirs = ckpt.get("hyper_parameters", {}).get("net")
+        ours = getattr(module, "hparams", {}).get("net")
+        detail = []
+        if mismatched:
+            k = mismatched[0]
+            detail.append(f"{len(mismatched)} tensors differ in shape (first {k}: "
+                          f"{tuple(state[k].shape)} in the checkpoint, {tuple(own[k].shape)} here)")
+        if missing:
+            detail.append(f"{len(missing)} weights of this model are absent (first {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} weights are not in this model (first {unexpected[0]})")
+        hint = f"; it was trained with model={dict(theirs)} but this run builds model={dict(ours)}" \
+            if theirs is not None and ours is not None and dict(theirs) != dict(ours) else ""
+        raise StrokeSegError(
+            f"{key}={path} does not fit this model: {'; '.join(detail)}{hint}. "
+            "Use a checkpoint of the same model config (e.g. the zoom-in run's checkpoints/last.ckpt)."
+        )
+    module.load_state_dict(state, strict=True)
+    return dict(ckpt.get("hyper_parameters", {}))

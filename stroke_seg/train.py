@@ -1,0 +1,140 @@
+"""Training entry point: the composed Hydra config in, a self-describing run folder out.
+
+``python train.py stage=zoom_in`` then ``python train.py stage=zoom_out ckpt=...`` runs
+the zoom-in&out schedule of Tomita et al. (2020), Sec. 2.3 and Table 1. The config is
+turned into objects here and nowhere deeper.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import WandbLogger
+
+from stroke_seg.checkpoints import load_matching_weights
+from stroke_seg.data.datamodule import StrokeDataModule
+from stroke_seg.errors import StrokeSegError
+from stroke_seg.lit_module import LesionSegModule
+
+log = logging.getLogger(__name__)
+
+
+def check_config(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse configurations that would waste a run or overwrite one, before any work."""
+    if cfg.stage.requires_ckpt and not cfg.ckpt and not cfg.resume:
+        raise StrokeSegError(
+            f"stage={cfg.stage.name} starts from the zoom-in weights: pass "
+            f"ckpt=PATH/TO/zoom_in/checkpoints/last.ckpt (or resume= to continue this stage)."
+        )
+    if cfg.resume and not Path(cfg.resume).is_file():
+        raise StrokeSegError(f"resume={cfg.resume} does not exist; pass <run>/checkpoints/last.ckpt.")
+    if cfg.ckpt and cfg.resume:
+        raise StrokeSegError("Pass either ckpt= (start a stage from weights) or resume= "
+                             "(continue a run), not both.")
+    existing = run_dir / "checkpoints"
+    if not cfg.resume and not cfg.overwrite and existing.is_dir() and any(existing.iterdir()):
+        raise StrokeSegError(
+            f"Run folder {run_dir} already holds checkpoints; pass resume={existing}/last.ckpt "
+            "to continue it, name=<new name> for a new run, or overwrite=true to replace it."
+        )
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def build_module(cfg: DictConfig, preprocessing: dict) -> LesionSegModule:
+    return LesionSegModule(
+        net=_plain(cfg.model), loss=_plain(cfg.loss), optim=_plain(cfg.optim),
+        preprocessing=preprocessing, stage=str(cfg.stage.name),
+    )
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    """Instantiate the configured loggers; wandb keeps one run id per run folder so that a
+    resumed run continues the same wandb run."""
+    loggers = []
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
+        if logger_cfg is None:
+            continue
+        if "WandbLogger" in str(logger_cfg.get("_target_", "")):
+            id_file = run_dir / "wandb_id.txt"
+            if not id_file.exists():
+                import wandb.util
+
+                id_file.write_text(wandb.util.generate_id() + "\n")
+            loggers.append(instantiate(logger_cfg, id=id_file.read_text().strip(), resume="allow"))
+        else:
+            loggers.append(instantiate(logger_cfg))
+        log.debug("logger %s", name)
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+
+
+def run(cfg: DictConfig) -> float:
+    """Train one stage; returns the final validation DSC (the value sweeps optimise)."""
+    run_dir = Path(cfg.paths.output_dir)
+    check_config(cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    pl.seed_everything(cfg.seed, workers=True)
+
+    datamodule: StrokeDataModule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    module = build_module(cfg, datamodule.preprocessing())
+    if cfg.ckpt and not cfg.resume:
+        load_matching_weights(module, cfg.ckpt, key="ckpt")
+        log.info("Initialised %s from %s", cfg.stage.name, cfg.ckpt)
+
+    loggers = build_loggers(cfg, run_dir)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers)
+    for logger in loggers:
+        logger.log_hyperparams({**_plain(cfg), "n_parameters": module.n_parameters})
+    log.info("%s: %d parameters, %d train / %d val scans, crop %s, run folder %s",
+             cfg.stage.name, module.n_parameters, len(datamodule.split["train"]),
+             len(datamodule.split["val"]), list(datamodule.crop_size), run_dir)
+
+    started = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
+    final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    val_dsc = float(final.get("val/dsc", float("nan")))
+    if trainer.is_global_zero:
+        write_summary(run_dir, cfg, trainer, module, val_dsc, time.time() - started)
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary["final_val_dsc"] = val_dsc
+    return val_dsc
+
+
+def write_summary(run_dir: Path, cfg: DictConfig, trainer: pl.Trainer,
+                  module: LesionSegModule, val_dsc: float, seconds: float) -> Path:
+    """``summary.json``: what was trained, how long, and how well, in one file."""
+    ckpt_cb = trainer.checkpoint_callback
+    best = getattr(ckpt_cb, "best_model_score", None)
+    summary = {
+        "stage": cfg.stage.name,
+        "epochs": trainer.current_epoch,
+        "global_steps": trainer.global_step,
+        "final_val_dsc": val_dsc,
+        "best_val_dsc": None if best is None else float(best),
+        "n_parameters": module.n_parameters,
+        "train_seconds": round(seconds, 1),
+        "n_train": len(trainer.datamodule.split["train"]),
+        "n_val": len(trainer.datamodule.split["val"]),
+        "initialised_from": cfg.ckpt,
+        "resumed_from": cfg.resume,
+        "checkpoints": sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")),
+    }
+    path = run_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
