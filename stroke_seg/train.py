@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
         if "WandbLogger" in str(logger_cfg.get("_target_", "")):
             id_file = run_dir / "wandb_id.txt"
             if not id_file.exists():
-                import wandb.util
-
-                id_file.write_text(wandb.util.generate_id() + "\n")
+                id_file.write_text(uuid.uuid4().hex[:8] + "\n")
             loggers.append(instantiate(logger_cfg, id=id_file.read_text().strip(), resume="allow"))
         else:
             loggers.append(instantiate(logger_cfg))

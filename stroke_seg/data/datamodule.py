@@ -234,8 +234,11 @@ class StrokeDataModule(pl.LightningDataModule):
             LoadCased(),
             EnsureChannelFirstd(["image", "label"], channel_dim="no_channel"),
             intensity_transform(self.intensity_mode, self.intensity_divisor),
-            EnsureTyped(["image", "label"], track_meta=False),
         ]
+
+    # MONAI's crops return MetaTensors; plain tensors keep checkpoints free of MONAI types
+    # (so they load with torch.load(weights_only=True)) and batches light.
+    _PLAIN = EnsureTyped(["image", "label"], track_meta=False)
 
     def _train_transforms(self) -> Compose:
         steps = self._load_and_scale() + [
@@ -246,19 +249,21 @@ class StrokeDataModule(pl.LightningDataModule):
             ["image", "label"], roi_size=self.crop_size, num_samples=1, random_size=False
         )
         if self.sampling == "uniform":
-            return Compose(steps + [uniform])
+            return Compose(steps + [uniform, self._PLAIN])
         foreground = RandCropByPosNegLabeld(
             ["image", "label"], label_key="label", spatial_size=self.crop_size, pos=1.0,
             neg=0.0, num_samples=1, fg_indices_key="fg_indices", bg_indices_key="bg_indices",
         )
         pick = OneOf([foreground, uniform], weights=[self.foreground_prob, 1 - self.foreground_prob])
         return Compose(
-            steps + [ForegroundIndicesd(), pick, DeleteItemsd(["fg_indices", "bg_indices"])]
+            steps + [ForegroundIndicesd(), pick, DeleteItemsd(["fg_indices", "bg_indices"]),
+                     self._PLAIN]
         )
 
     def _eval_transforms(self) -> Compose:
         return Compose(
-            self._load_and_scale() + [CenterSpatialCropd(["image", "label"], roi_size=self.eval_crop)]
+            self._load_and_scale()
+            + [CenterSpatialCropd(["image", "label"], roi_size=self.eval_crop), self._PLAIN]
         )
 
     def _loader(self, dataset: CacheDataset, shuffle: bool) -> DataLoader:

@@ -1,0 +1,137 @@
+"""ResUNet3D: structure, parameter count, sizes, gradients, checkpointing, validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from stroke_seg.models import ResUNet3D
+from stroke_seg.models.resunet import ResidualBlock3D
+
+# The paper preset (widths 32/64/128/256, GroupNorm 8) with our 1x1x1 projection shortcuts.
+# The notes say "about 18.4 M"; the original's zero-pad shortcut would give 18,438,561.
+PAPER_PARAMS = 18_524_609
+
+NARROW = {"widths": (4, 8, 16, 32), "groups": 4}
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_paper_preset_parameter_count() -> None:
+    model = ResUNet3D()
+    n = n_params(model)
+    assert n == PAPER_PARAMS
+    assert abs(n - 18.4e6) / 18.4e6 < 0.02
+
+
+def test_paper_preset_structure() -> None:
+    model = ResUNet3D()
+    blocks = [m for m in model.modules() if isinstance(m, ResidualBlock3D)]
+    # stem 1 + encoder 3x2 + bottleneck 2 + decoder 2+2+1
+    assert len(blocks) == 1 + 6 + 2 + 5
+    assert [len(level) for level in model.decoders] == [2, 2, 1]
+    assert model.head.out_channels == 1 and model.head.kernel_size == (1, 1, 1)
+    assert not any(isinstance(m, nn.Dropout | nn.Dropout3d) for m in model.modules())
+    # zero-pad alternative = our count minus the 1x1x1 projections
+    proj = sum(m.shortcut.weight.numel() for m in blocks if isinstance(m.shortcut, nn.Conv3d))
+    assert PAPER_PARAMS - proj == 18_438_561
+
+
+def test_init() -> None:
+    model = ResUNet3D(**NARROW)
+    for m in model.modules():
+        if isinstance(m, nn.GroupNorm):
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
+        if isinstance(m, nn.Conv3d | nn.ConvTranspose3d) and m.bias is not None:
+            assert torch.all(m.bias == 0)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 1, 128, 128, 128), (1, 1, 144, 172, 168), (1, 1, 37, 41, 29), (2, 1, 8, 9, 15)],
+)
+def test_output_shape_matches_input(shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    model = ResUNet3D(**NARROW).eval()
+    with torch.no_grad():
+        y = model(torch.rand(shape))
+    assert y.shape == (shape[0], 1, *shape[2:])
+    assert torch.isfinite(y).all()
+
+
+def test_depth_follows_widths() -> None:
+    model = ResUNet3D(widths=(4, 8), groups=2).eval()
+    assert len(model.encoders) == 1 and len(model.decoders) == 1
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 5, 6, 7)).shape == (1, 1, 5, 6, 7)
+
+
+def test_multi_channel_io() -> None:
+    model = ResUNet3D(in_channels=2, out_channels=3, widths=(4, 8, 16), groups=2).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 2, 12, 12, 12)).shape == (1, 3, 12, 12, 12)
+
+
+def test_gradient_reaches_first_conv() -> None:
+    torch.manual_seed(0)
+    model = ResUNet3D(**NARROW)
+    model(torch.rand(1, 1, 16, 16, 16)).mean().backward()
+    grad = model.stem.conv1.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_checkpointing_same_output_and_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    import stroke_seg.models.resunet as resunet
+
+    calls = []
+    real_checkpoint = resunet.checkpoint
+
+    def counting_checkpoint(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(kwargs.get("use_reentrant"))
+        return real_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(resunet, "checkpoint", counting_checkpoint)
+    torch.manual_seed(0)
+    plain = ResUNet3D(**NARROW)
+    ckpt = ResUNet3D(**NARROW, checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 1, 16, 12, 20)
+    y_plain, y_ckpt = plain(x), ckpt(x)
+    torch.testing.assert_close(y_ckpt, y_plain)
+    assert calls == [False] * 14  # every residual block, non-reentrant
+    (y_plain**2).mean().backward()
+    (y_ckpt**2).mean().backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, msg=name)
+    # no_grad inference skips checkpointing and still works
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt(x), y_plain.detach())
+    assert len(calls) == 14
+
+
+def test_groups_must_divide_widths() -> None:
+    with pytest.raises(ValueError, match=r"model.groups=8.*model.widths=\[32, 64, 100, 256\]"):
+        ResUNet3D(widths=(32, 64, 100, 256), groups=8)
+    with pytest.raises(ValueError, match="model.groups"):
+        ResUNet3D(widths=(4, 8), groups=0)
+
+
+def test_bad_widths_and_inputs() -> None:
+    with pytest.raises(ValueError, match="at least 2 levels"):
+        ResUNet3D(widths=(32,))
+    model = ResUNet3D(**NARROW)
+    with pytest.raises(ValueError, match="at least 8"):
+        model(torch.rand(1, 1, 7, 16, 16))
+    with pytest.raises(ValueError, match=r"\(B, 1, D, H, W\)"):
+        model(torch.rand(1, 2, 16, 16, 16))
+
+
+def test_from_config() -> None:
+    model = ResUNet3D.from_config({"_target_": "x", "widths": [4, 8, 16], "groups": 2})
+    assert model.widths == (4, 8, 16) and model.groups == 2
+    with pytest.raises(ValueError, match="model.widhts"):
+        ResUNet3D.from_config({"widhts": [4, 8]})

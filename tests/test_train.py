@@ -1,0 +1,181 @@
+"""The training stages end to end on tiny data: hand-off, snapshots, resume, run folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from stroke_seg.checkpoints import load_matching_weights
+from stroke_seg.errors import StrokeSegError
+from stroke_seg.train import build_module, run
+from tests.conftest import REPO, compose_train
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def zoom_in_run(tiny_bids, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "zoom_in"
+    run(compose_train(run_dir, tiny_bids))
+    return run_dir
+
+
+def test_run_folder_explains_itself(zoom_in_run):
+    names = {p.name for p in zoom_in_run.iterdir()}
+    assert {"config.yaml", "split.json", "summary.json", "progress.png", "checkpoints",
+            "logs", "val_pictures"} <= names
+    config = yaml.safe_load((zoom_in_run / "config.yaml").read_text())
+    assert config["stage"]["name"] == "zoom_in" and config["stage"]["crop_size"] == [16, 16, 16]
+    split = json.loads((zoom_in_run / "split.json").read_text())
+    assert len(split["train"]) == 6 and len(split["val"]) == 1 and split["seed"] == 0
+    summary = json.loads((zoom_in_run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["n_train"] == 6
+    assert 0.0 <= summary["final_val_dsc"] <= 1.0
+    assert summary["n_parameters"] > 0
+    assert {"best.ckpt", "last.ckpt"} <= set(summary["checkpoints"])
+    rows = list(csv.DictReader((zoom_in_run / "logs" / "metrics.csv").open()))
+    logged = {k for row in rows for k, v in row.items() if v}
+    assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/dsc", "lr-Adam",
+            "time/epoch_s"} <= logged
+    pictures = sorted(p.name for p in (zoom_in_run / "val_pictures").glob("*.png"))
+    assert pictures[:2] == [f"epoch000{e}_{split['val'][0]}.png" for e in (1, 2)]
+    assert len(pictures) == 2  # the final stand-alone validation draws nothing
+    hparams = torch.load(zoom_in_run / "checkpoints" / "last.ckpt", weights_only=True)[
+        "hyper_parameters"]
+    assert hparams["net"] == {"widths": [4, 8], "groups": 2, "checkpointing": False}
+    assert hparams["preprocessing"]["intensity_divisor"] == 255.0
+
+
+def test_learning_rate_restarts_every_period(zoom_in_run):
+    """Cosine annealing with warm restarts stepped per iteration (period 1 epoch here)."""
+    rows = list(csv.DictReader((zoom_in_run / "logs" / "metrics.csv").open()))
+    lrs = [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")]
+    assert len(lrs) == 12  # 2 epochs x 6 training scans, one crop each
+    assert lrs[0] == pytest.approx(1e-3) and lrs[6] == pytest.approx(1e-3)
+    assert lrs[3] == pytest.approx(0.5e-3)  # half-way through the 6-step cycle
+    assert all(a > b for a, b in zip(lrs[:5], lrs[1:6], strict=True))
+
+
+def test_zoom_out_starts_from_zoom_in_weights_and_saves_snapshots(zoom_in_run, tiny_bids, tmp_path):
+    ckpt = zoom_in_run / "checkpoints" / "last.ckpt"
+    cfg = compose_train(tmp_path / "zoom_out", tiny_bids, [
+        "stage=zoom_out", f"ckpt={ckpt}", "stage.crop_size=[24,28,20]", "stage.max_epochs=3",
+        "stage.snapshot_epochs=[1,3]",
+    ])
+    module = build_module(cfg, {})
+    load_matching_weights(module, ckpt)
+    zoom_in = _weights(ckpt)
+    assert all(torch.equal(v, zoom_in[k]) for k, v in module.state_dict().items())
+
+    run(cfg)
+    snapshots = sorted(p.name for p in (tmp_path / "zoom_out" / "checkpoints").glob("snap*"))
+    assert snapshots == ["snapshot_epoch001.ckpt", "snapshot_epoch003.ckpt"]
+    first = torch.load(tmp_path / "zoom_out" / "checkpoints" / snapshots[0], weights_only=True)
+    assert first["epoch"] == 0 and first["hyper_parameters"]["stage"] == "zoom_out"
+    assert first["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(1e-4)
+    summary = json.loads((tmp_path / "zoom_out" / "summary.json").read_text())
+    assert summary["initialised_from"] == str(ckpt) and summary["epochs"] == 3
+    # fine-tuning changed the weights
+    last = _weights(tmp_path / "zoom_out" / "checkpoints" / "last.ckpt")
+    assert not all(torch.equal(v, zoom_in[k]) for k, v in last.items())
+
+
+def test_mismatched_checkpoint_is_refused_not_partially_loaded(zoom_in_run, tiny_bids, tmp_path):
+    cfg = compose_train(tmp_path / "zoom_out", tiny_bids, [
+        "stage=zoom_out", f"ckpt={zoom_in_run / 'checkpoints' / 'last.ckpt'}",
+        "model.widths=[4,8,16]",
+    ])
+    with pytest.raises(StrokeSegError, match=r"does not fit this model.*widths.*\[4, 8\]"):
+        run(cfg)
+    assert not (tmp_path / "zoom_out" / "checkpoints").exists()
+
+
+def test_zoom_out_without_ckpt_is_refused(tiny_bids, tmp_path):
+    cfg = compose_train(tmp_path / "run", tiny_bids, ["stage=zoom_out"])
+    with pytest.raises(StrokeSegError, match="stage=zoom_out starts from the zoom-in weights"):
+        run(cfg)
+
+
+def test_existing_run_folder_is_not_overwritten(zoom_in_run, tiny_bids):
+    before = (zoom_in_run / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    with pytest.raises(StrokeSegError, match="already holds checkpoints.*resume="):
+        run(compose_train(zoom_in_run, tiny_bids))
+    assert (zoom_in_run / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
+
+
+def test_resume_continues_exactly(tiny_bids, tmp_path):
+    """2 epochs, then resume to 4 == 4 epochs straight (weights, optimiser, scheduler)."""
+    straight = tmp_path / "straight"
+    run(compose_train(straight, tiny_bids, ["stage.max_epochs=4"]))
+    split = tmp_path / "split"
+    run(compose_train(split, tiny_bids, ["stage.max_epochs=2"]))
+    run(compose_train(split, tiny_bids, [
+        "stage.max_epochs=4", f"resume={split / 'checkpoints' / 'last.ckpt'}"]))
+    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(split / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 4 and a["global_step"] == b["global_step"] == 24
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6)
+    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"]
+    exp_avg = a["optimizer_states"][0]["state"][0]["exp_avg"]
+    torch.testing.assert_close(b["optimizer_states"][0]["state"][0]["exp_avg"], exp_avg,
+                               rtol=0, atol=1e-6)
+    history = torch.load(split / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+    progress = next(v for k, v in history.items() if "ProgressPlot" in k)["history"]
+    assert [row["epoch"] for row in progress] == [1, 2, 3, 4]
+
+
+def test_wandb_logger_writes_an_offline_run(tiny_bids, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "wandb_run"
+    run(compose_train(run_dir, tiny_bids, ["logger=wandb", "stage.max_epochs=1"]))
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    offline = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(offline) == 1, list((run_dir / "wandb").iterdir())
+    assert (offline[0] / f"run-{run_id}.wandb").stat().st_size > 0
+    assert (run_dir / "logs" / "metrics.csv").exists()  # CSV stays on beside wandb
+
+
+def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_SILENT": "true"}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_user_errors_are_one_sentence(tmp_path):
+    missing = _cli(f"paths.runs_dir={tmp_path}", f"data.root={tmp_path / 'absent'}")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1].startswith(f"error: data.root {tmp_path}")
+    assert "Traceback" not in missing.stderr
+    no_ckpt = _cli(f"paths.runs_dir={tmp_path}", "stage=zoom_out")
+    assert no_ckpt.returncode == 2
+    assert "error: stage=zoom_out starts from the zoom-in weights: pass ckpt=" in no_ckpt.stderr
+    assert not any(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_multirun_over_two_seeds(tiny_bids, tmp_path):
+    from tests.conftest import TINY_TRAIN_OVERRIDES
+
+    result = _cli("-m", *TINY_TRAIN_OVERRIDES, "seed=1,2", f"data.root={tiny_bids}",
+                  f"paths.runs_dir={tmp_path}", "name=sweep", "stage.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted((tmp_path / "sweep" / "multirun").glob("*_zoom_in"))
+    assert [j.name for j in jobs] == ["0_zoom_in", "1_zoom_in"]
+    seeds = [yaml.safe_load((j / "config.yaml").read_text())["seed"] for j in jobs]
+    assert seeds == [1, 2]
+    for job in jobs:
+        assert (job / "checkpoints" / "last.ckpt").exists()
+        assert json.loads((job / "summary.json").read_text())["epochs"] == 1
+    w1, w2 = (_weights(j / "checkpoints" / "last.ckpt") for j in jobs)
+    assert any(not torch.equal(w1[k], w2[k]) for k in w1)
