@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -39,7 +40,7 @@ from monai.transforms import (
 )
 
 from stroke_seg.data.discovery import Case, discover
-from stroke_seg.data.io import load_case
+from stroke_seg.data.io import load_case, spacing_of
 from stroke_seg.data.splits import PAPER_SPLIT, check_split, load_split, make_split, save_split
 from stroke_seg.errors import StrokeSegError
 
@@ -193,11 +194,16 @@ class StrokeDataModule(pl.LightningDataModule):
 
     # -- what inference needs to reproduce the training input (stored in checkpoints) --
     def preprocessing(self) -> dict:
+        """Input scaling, crop sizes and voxel spacing (mm) of the training scans; inference
+        resamples new scans to this spacing and scales them the same way."""
+        split = self.resolve_split()
+        first = nib.load(str(self.cases[split["train"][0]].image))
         return {
             "intensity_mode": self.intensity_mode,
             "intensity_divisor": float(self.intensity_divisor),
             "crop_size": list(self.crop_size),
             "eval_crop": list(self.eval_crop),
+            "spacing": [float(v) for v in spacing_of(first.affine)],
         }
 
     def resolve_split(self) -> dict[str, list[str]]:

@@ -1,0 +1,426 @@
+"""From checkpoints to probability maps on the input scan's own voxel grid.
+
+The paper's evaluation protocol (Tomita et al. 2020, Sec. 2.4; REFERENCE_NOTES "Evaluation
+protocol") feeds the network one centre crop of 144x172x168 voxels of the 197x233x189 MNI
+volume (start = (dim - size) // 2), classifies every voxel outside the crop as negative and
+pastes the prediction back into the full volume. That is right only for scans on the
+training grid. For anything else this module offers MONAI's Gaussian-weighted sliding
+window at the *training crop size*: GroupNorm normalises over the whole input, so a network
+must see inputs of the size it was trained on (REFERENCE_NOTES, "A measured trap").
+
+Scans on another grid (other voxel size, LPS or other orientation, native space) are
+reoriented to the closest canonical (RAS) orientation and resampled to the training spacing
+with MONAI's `Orientation` and `Spacing`; the probability map is brought back onto the
+input's grid with the same transforms' `inverse`. A scan already on the training grid is
+never resampled, so its result is bit-identical to the direct path.
+
+Ensembles (the paper's snapshot ensemble 3D-ResU-Net-E, Sec. 2.4) average probabilities;
+optional flip test-time augmentation averages over all 8 combinations of flips along the
+three axes (as nnU-Net's mirroring). Everything runs under `torch.inference_mode`, on CUDA
+when available (float16 autocast there unless switched off), else on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from monai.transforms import Compose, Orientation, Spacing
+from monai.utils import convert_to_tensor
+from torch import nn
+
+from stroke_seg.checkpoints import read_checkpoint
+from stroke_seg.data.datamodule import intensity_transform
+from stroke_seg.data.io import AFFINE_TOLERANCE_MM, spacing_of
+from stroke_seg.errors import StrokeSegError
+from stroke_seg.models import ResUNet3D
+
+MODES = ("auto", "centre_crop", "sliding_window")
+PREPROCESSING_KEYS = ("intensity_mode", "intensity_divisor", "crop_size", "eval_crop", "spacing")
+# Explicit labels silence MONAI's deprecation warning; they are its (and NIfTI's) defaults.
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+ProbabilityFn = Callable[[torch.Tensor], torch.Tensor]
+"""Maps a (B, 1, X, Y, Z) input to lesion probabilities of the same shape."""
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode with the input preparation it was trained with.
+
+    `preprocessing` is the checkpoint's ``hyper_parameters.preprocessing`` (intensity
+    scaling, crop sizes, training spacing); `threshold` binarises its probabilities (0.5,
+    paper Sec. 2.5); `source` names where it came from, for messages and reports.
+    """
+
+    net: nn.Module
+    preprocessing: dict[str, Any]
+    threshold: float = 0.5
+    source: str = "model"
+
+
+def _normalise_preprocessing(pre: Mapping[str, Any], source: str) -> dict[str, Any]:
+    missing = [k for k in PREPROCESSING_KEYS if k not in pre]
+    if missing:
+        raise StrokeSegError(
+            f"{source} lacks hyper_parameters.preprocessing.{missing[0]}; it was not written by "
+            "this version of stroke_seg training, so its input scaling is unknown."
+        )
+    return {
+        "intensity_mode": str(pre["intensity_mode"]),
+        "intensity_divisor": float(pre["intensity_divisor"]),
+        "crop_size": [int(v) for v in pre["crop_size"]],
+        "eval_crop": [int(v) for v in pre["eval_crop"]],
+        "spacing": [float(v) for v in pre["spacing"]],
+        **({"grid_shape": [int(v) for v in pre["grid_shape"]]} if "grid_shape" in pre else {}),
+    }
+
+
+def load_model(ckpt_path: str | Path, key: str = "ckpt") -> LoadedModel:
+    """Rebuild the ResUNet3D a training checkpoint describes and load its weights.
+
+    The checkpoint is read as plain data (`read_checkpoint`, never executing pickles). It is
+    refused, in one sentence naming the file, when it lacks the hyper-parameters that
+    describe the network (``net``) or its input (``preprocessing``), or when its weights do
+    not fit that network exactly (no partial loading).
+    """
+    source = f"{key}={Path(ckpt_path).expanduser()}"
+    try:
+        ckpt = read_checkpoint(ckpt_path, key)
+    except StrokeSegError:
+        raise
+    except Exception as err:  # torch's restricted unpickler raises many types on junk
+        raise StrokeSegError(
+            f"{source} is not a readable checkpoint ({type(err).__name__}: {err})."
+        ) from None
+    hparams = ckpt.get("hyper_parameters")
+    if not isinstance(hparams, Mapping) or not isinstance(hparams.get("net"), Mapping):
+        raise StrokeSegError(
+            f"{source} has no hyper_parameters.net, so it is not a stroke_seg training "
+            "checkpoint; pass a .ckpt written by train.py."
+        )
+    if not isinstance(hparams.get("preprocessing"), Mapping):
+        raise StrokeSegError(
+            f"{source} lacks hyper_parameters.preprocessing (input scaling and spacing); "
+            "pass a .ckpt written by train.py."
+        )
+    preprocessing = _normalise_preprocessing(hparams["preprocessing"], source)
+    try:
+        net = ResUNet3D(**dict(hparams["net"]))
+    except (TypeError, ValueError) as err:
+        raise StrokeSegError(
+            f"{source} describes a network that cannot be built ({err})."
+        ) from None
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or bad:
+        first = (bad or missing or unexpected)[0]
+        raise StrokeSegError(
+            f"{source} does not fit the network its own hyper-parameters describe "
+            f"(net={dict(hparams['net'])}; {len(bad)} tensors of another shape, {len(missing)} "
+            f"missing, {len(unexpected)} unexpected, first: net.{first}); it is a checkpoint "
+            "of another model."
+        )
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    return LoadedModel(net, preprocessing, float(hparams.get("threshold", 0.5)), source)
+
+
+# --------------------------------------------------------------------------------------
+# Input preparation: intensity scaling and the training grid
+# --------------------------------------------------------------------------------------
+
+
+def scale_intensity(
+    volume: np.ndarray | torch.Tensor, preprocessing: Mapping[str, Any]
+) -> torch.Tensor:
+    """The training scaling of `stroke_seg.data.datamodule.intensity_transform` (/255 in the
+    paper, Table 1 notes), applied to a (X, Y, Z) volume; returns a plain float32 tensor."""
+    transform = intensity_transform(
+        str(preprocessing["intensity_mode"]), float(preprocessing["intensity_divisor"])
+    )
+    image = torch.as_tensor(np.asarray(volume, dtype=np.float32))[None]
+    scaled = transform({"image": image})["image"]
+    return convert_to_tensor(scaled, dtype=torch.float32, track_meta=False)[0]
+
+
+def on_training_grid(affine: np.ndarray, spacing: Sequence[float]) -> bool:
+    """True when a scan is RAS-oriented with the training voxel size (no resampling needed)."""
+    axcodes = nib.aff2axcodes(np.asarray(affine), labels=_RAS_LABELS)
+    same_spacing = np.allclose(spacing_of(affine), spacing, rtol=0, atol=AFFINE_TOLERANCE_MM)
+    return tuple(axcodes) == ("R", "A", "S") and bool(same_spacing)
+
+
+def regrid_transform(spacing: Sequence[float]) -> Compose:
+    """Closest canonical (RAS) orientation, then bilinear resampling to `spacing` (mm).
+
+    Keep the instance: its `inverse` maps a network-grid map back onto the input grid
+    (same shape and affine as the input file).
+    """
+    return Compose(
+        [
+            Orientation(axcodes="RAS", labels=_RAS_LABELS),
+            Spacing(pixdim=tuple(float(s) for s in spacing), mode="bilinear"),
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Spatial strategies
+# --------------------------------------------------------------------------------------
+
+
+def _as_volume(volume: np.ndarray | torch.Tensor) -> torch.Tensor:
+    volume = torch.as_tensor(volume, dtype=torch.float32)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a (X, Y, Z) volume, got shape {tuple(volume.shape)}")
+    return volume
+
+
+def centre_crop_slices(
+    shape: Sequence[int], size: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Where the centre crop lies in the volume and in the network input.
+
+    Per axis: a volume at least as large as the crop is cut at start = (dim - size) // 2
+    (the paper's x 26:170, y 30:202, z 10:178 on 197x233x189); a smaller one is placed at
+    (size - dim) // 2 inside a zero-padded input, as MONAI's `SpatialPad`. (MONAI's
+    `CenterSpatialCrop` starts at dim // 2 - size // 2, which differs for odd crop sizes.)
+    """
+    in_volume, in_input = [], []
+    for dim, crop in zip(shape, size, strict=True):
+        n = min(dim, crop)
+        start_v = (dim - crop) // 2 if dim >= crop else 0
+        start_i = 0 if dim >= crop else (crop - dim) // 2
+        in_volume.append(slice(start_v, start_v + n))
+        in_input.append(slice(start_i, start_i + n))
+    return tuple(in_volume), tuple(in_input)
+
+
+def predict_centre_crop(
+    prob_fn: ProbabilityFn, volume: np.ndarray | torch.Tensor, crop_size: Sequence[int]
+) -> torch.Tensor:
+    """The paper's evaluation input (Sec. 2.4): one centre crop, everything outside 0.
+
+    `volume` is a scaled (X, Y, Z) volume; returns probabilities of the same shape, on its
+    device. A volume smaller than the crop is zero-padded for the network.
+    """
+    volume = _as_volume(volume)
+    size = [int(s) for s in crop_size]
+    in_volume, in_input = centre_crop_slices(tuple(volume.shape), size)
+    net_input = volume.new_zeros((1, 1, *size))
+    net_input[(0, 0, *in_input)] = volume[in_volume]
+    prob = prob_fn(net_input)[0, 0]
+    out = torch.zeros(volume.shape, dtype=torch.float32, device=volume.device)
+    out[in_volume] = prob[in_input].float()
+    return out
+
+
+def predict_sliding_window(
+    prob_fn: ProbabilityFn,
+    volume: np.ndarray | torch.Tensor,
+    roi_size: Sequence[int],
+    overlap: float = 0.5,
+) -> torch.Tensor:
+    """Gaussian-weighted sliding windows of the training crop size over the whole volume.
+
+    MONAI's `sliding_window_inference(mode="gaussian")` averages the windows' probabilities
+    (pads a volume smaller than a window). Windows of the training size keep GroupNorm's
+    statistics as in training (REFERENCE_NOTES, "A measured trap").
+    """
+    volume = _as_volume(volume)
+    prob = sliding_window_inference(
+        volume[None, None],
+        roi_size=[int(s) for s in roi_size],
+        sw_batch_size=1,
+        predictor=prob_fn,
+        overlap=float(overlap),
+        mode="gaussian",
+        progress=False,
+    )
+    return convert_to_tensor(prob, track_meta=False)[0, 0].float()
+
+
+def _flip_sets(tta: bool) -> list[tuple[int, ...]]:
+    axes = (2, 3, 4)
+    if not tta:
+        return [()]
+    return [dims for r in range(4) for dims in itertools.combinations(axes, r)]
+
+
+def probability_fn(
+    nets: Sequence[Callable[[torch.Tensor], torch.Tensor]], tta: bool = False
+) -> ProbabilityFn:
+    """Mean sigmoid probability over `nets` (an ensemble) and, with `tta`, over all 8 flip
+    combinations along the three spatial axes (each flip undone before averaging)."""
+    flips = _flip_sets(tta)
+
+    def prob(x: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        for net in nets:
+            for dims in flips:
+                xi = x.flip(dims) if dims else x
+                p = torch.sigmoid(net(xi).float())
+                total += p.flip(dims) if dims else p
+        return total / (len(nets) * len(flips))
+
+    return prob
+
+
+# --------------------------------------------------------------------------------------
+# The predictor
+# --------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' (or None): CUDA when available, else CPU; anything else as torch names it."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(str(device))
+    except RuntimeError as err:
+        raise StrokeSegError(f"device={device} is not a torch device ({err}).") from None
+
+
+@dataclass
+class Prediction:
+    """A probability map on the input grid, and how it was made."""
+
+    prob: np.ndarray
+    mode: str
+    resampled: bool
+    threshold: float = 0.5
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The binary lesion mask (uint8): probability > threshold (paper Sec. 2.5: 0.5)."""
+        return (self.prob > self.threshold).astype(np.uint8)
+
+
+class Predictor:
+    """One model or a snapshot ensemble, applied to whole scans on any voxel grid.
+
+    Args:
+        models: loaded models; an ensemble averages their probabilities. All must share
+            the same preprocessing and threshold, else the ensemble is refused.
+        mode: "centre_crop" (the paper's protocol), "sliding_window", or "auto":
+            centre crop when the scan needed no resampling, the model was last trained at
+            the evaluation crop size (crop_size == eval_crop, a zoom-out model), the crop
+            fits inside the volume (and the volume has the training grid's shape when the
+            checkpoint records it); sliding windows of the training crop size otherwise.
+        tta: average over the 8 flip combinations along the three axes.
+        overlap: sliding-window overlap (0.5 as nnU-Net).
+        device: "auto" (CUDA if available, else CPU) or a torch device name.
+        amp: float16 autocast on CUDA (ignored on CPU).
+    """
+
+    def __init__(
+        self,
+        models: Sequence[LoadedModel],
+        mode: str = "auto",
+        tta: bool = False,
+        overlap: float = 0.5,
+        device: str | torch.device | None = "auto",
+        amp: bool = True,
+    ) -> None:
+        if not models:
+            raise StrokeSegError("ckpt= is empty; pass one checkpoint or a list of them.")
+        if mode not in MODES:
+            raise StrokeSegError(f"mode={mode} is not known; use one of {', '.join(MODES)}.")
+        if not 0.0 <= float(overlap) < 1.0:
+            raise StrokeSegError(f"overlap={overlap} must lie in [0, 1).")
+        first = models[0]
+        for other in models[1:]:
+            if other.preprocessing != first.preprocessing or other.threshold != first.threshold:
+                raise StrokeSegError(
+                    f"{other.source} was trained with preprocessing {other.preprocessing} "
+                    f"(threshold {other.threshold}) but {first.source} with "
+                    f"{first.preprocessing} (threshold {first.threshold}); an ensemble needs "
+                    "models that read scans the same way."
+                )
+        self.models = list(models)
+        self.preprocessing = dict(first.preprocessing)
+        self.threshold = float(first.threshold)
+        self.mode, self.tta, self.overlap, self.amp = mode, bool(tta), float(overlap), bool(amp)
+        self.device = resolve_device(device)
+        for model in self.models:
+            model.net.to(self.device).eval()
+        self._regrid = regrid_transform(self.preprocessing["spacing"])
+        self._prob_fn = probability_fn([m.net for m in self.models], self.tta)
+
+    @classmethod
+    def from_checkpoints(cls, paths: str | Path | Sequence[str | Path], **kwargs: Any) -> Predictor:
+        """Load one checkpoint or a list (snapshot ensemble) and build a predictor."""
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        return cls([load_model(p) for p in paths], **kwargs)
+
+    @property
+    def sources(self) -> list[str]:
+        return [m.source for m in self.models]
+
+    def choose_mode(self, shape: Sequence[int], resampled: bool) -> str:
+        """The spatial strategy for a network-grid volume of `shape` (see the class doc)."""
+        if self.mode != "auto":
+            return self.mode
+        pre = self.preprocessing
+        fits = all(c <= s for c, s in zip(pre["eval_crop"], shape, strict=True))
+        grid_ok = "grid_shape" not in pre or list(pre["grid_shape"]) == list(shape)
+        trained_at_eval_size = list(pre["crop_size"]) == list(pre["eval_crop"])
+        if not resampled and fits and grid_ok and trained_at_eval_size:
+            return "centre_crop"
+        return "sliding_window"
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp and self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def predict_network_grid(self, volume: torch.Tensor, mode: str) -> torch.Tensor:
+        """Probabilities for a scaled volume already on the training grid (CPU float32)."""
+        pre = self.preprocessing
+        with torch.inference_mode(), self._autocast():
+            x = volume.to(self.device)
+            if mode == "centre_crop":
+                prob = predict_centre_crop(self._prob_fn, x, pre["eval_crop"])
+            else:
+                prob = predict_sliding_window(self._prob_fn, x, pre["crop_size"], self.overlap)
+        return prob.float().cpu()
+
+    def predict(self, image: np.ndarray, affine: np.ndarray) -> Prediction:
+        """Lesion probabilities for a (X, Y, Z) scan with its affine, on the scan's own grid."""
+        affine = np.asarray(affine, dtype=np.float64)
+        scaled = scale_intensity(image, self.preprocessing)
+        resampled = not on_training_grid(affine, self.preprocessing["spacing"])
+        if not resampled:
+            mode = self.choose_mode(tuple(scaled.shape), False)
+            prob = self.predict_network_grid(scaled, mode)
+            return Prediction(prob.numpy(), mode, False, self.threshold)
+        moved = self._regrid(MetaTensor(scaled[None], affine=torch.as_tensor(affine)))
+        volume = convert_to_tensor(moved, dtype=torch.float32, track_meta=False)[0]
+        mode = self.choose_mode(tuple(volume.shape), True)
+        prob = self.predict_network_grid(volume, mode)
+        prob_mt = MetaTensor(prob[None], meta=dict(moved.meta))
+        prob_mt.applied_operations = list(moved.applied_operations)
+        back = self._regrid.inverse(prob_mt)
+        out = convert_to_tensor(back, dtype=torch.float32, track_meta=False)[0].numpy()
+        if out.shape != tuple(image.shape):  # a MONAI change would break the contract
+            raise RuntimeError(f"inverse resampling gave {out.shape}, expected {image.shape}")
+        return Prediction(np.clip(out, 0.0, 1.0), mode, True, self.threshold)

@@ -1,0 +1,275 @@
+"""Tests of the synthetic chronic-stroke data set (stroke_seg.data.synthetic), mostly at 2 mm."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from stroke_seg.data import synthetic as syn
+from stroke_seg.errors import StrokeSegError
+
+SHAPE_2MM = (99, 117, 95)
+AFFINE_2MM = np.array(
+    [[2.0, 0, 0, -98.0], [0, 2.0, 0, -134.0], [0, 0, 2.0, -72.0], [0, 0, 0, 1.0]]
+)
+
+
+@pytest.fixture(scope="module")
+def subjects_2mm() -> list[tuple[np.ndarray, np.ndarray, np.ndarray, dict]]:
+    return [syn.generate_subject(i, 0, spacing=2.0) for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def dataset_2mm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("syn") / "set"
+    syn.generate_dataset(out, 4, seed=0, spacing=2.0, progress=False)
+    return out
+
+
+def _load(path: Path) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj), np.asarray(img.affine), img.get_data_dtype()
+
+
+# ---------------------------------------------------------------------------------- sampler
+
+
+def test_size_sampler_follows_atlas_range_and_median() -> None:
+    vols = syn.sample_lesion_volumes(2000, seed=0)
+    assert vols.min() >= 10.0
+    assert vols.max() <= 2.8e5
+    assert 4000 / 1.5 <= np.median(vols) <= 4000 * 1.5
+    # log-spread: deciles more than an order of magnitude either side of each other
+    p10, p90 = np.percentile(vols, [10, 90])
+    assert p10 < 1000 and p90 > 15000
+    assert np.array_equal(vols, syn.sample_lesion_volumes(2000, seed=0))
+
+
+def test_subject_plans_territories_hemispheres_secondaries() -> None:
+    plans = [syn.plan_subject(i, 0) for i in range(400)]
+    territories = [p["territory"] for p in plans]
+    counts = {t: territories.count(t) for t in ("MCA", "ACA", "PCA", "deep")}
+    assert counts["MCA"] == max(counts.values())
+    assert all(c > 0 for c in counts.values())
+    left = np.mean([p["hemisphere"] == "left" for p in plans])
+    assert 0.4 < left < 0.6
+    secondary = np.mean([len(p["lesions"]) > 1 for p in plans])
+    assert 0.12 < secondary < 0.28
+    for p in plans:
+        vols = [les["requested_volume_mm3"] for les in p["lesions"]]
+        assert sum(vols) == pytest.approx(p["total_volume_mm3"])
+        assert all(v < vols[0] for v in vols[1:])  # secondaries are smaller
+    # Large lesions are never deep/lacunar; small ones mostly are.
+    big = [p for p in plans if p["lesions"][0]["requested_volume_mm3"] >= 15000]
+    assert big and all(p["territory"] != "deep" for p in big)
+    small = [p["territory"] for p in plans if p["lesions"][0]["requested_volume_mm3"] < 1500]
+    assert small.count("deep") > len(small) / 3
+
+
+# ---------------------------------------------------------------------------------- subjects
+
+
+def test_generate_subject_deterministic_and_seed_dependent(subjects_2mm) -> None:
+    img, mask, affine, info = syn.generate_subject(3, 0, spacing=2.0)
+    img0, mask0, affine0, info0 = subjects_2mm[3]
+    assert np.array_equal(img, img0) and np.array_equal(mask, mask0)
+    assert np.array_equal(affine, affine0) and info == info0
+    other, other_mask, _, other_info = syn.generate_subject(3, 1, spacing=2.0)
+    assert not np.array_equal(other, img0)
+    assert not np.array_equal(other_mask, mask0)
+    assert other_info["requested_volume_mm3"] != info0["requested_volume_mm3"]
+    # different subjects of one seed differ too
+    assert not np.array_equal(subjects_2mm[2][1], subjects_2mm[3][1])
+
+
+def test_subject_grid_dtype_and_intensity_range(subjects_2mm) -> None:
+    for img, mask, affine, info in subjects_2mm:
+        assert img.shape == SHAPE_2MM and mask.shape == SHAPE_2MM
+        assert img.dtype == np.float32 and mask.dtype == np.uint8
+        np.testing.assert_allclose(affine, AFFINE_2MM)
+        assert img.min() == 0.0 and img.max() <= 255.0
+        assert 0.15 < (img > 0).mean() < 0.35  # brain only; background exactly 0
+        assert img[0, 0, 0] == 0.0 and img[-1, -1, -1] == 0.0
+        assert set(np.unique(mask)) == {0, 1}
+        assert info["shape"] == list(SHAPE_2MM)
+    assert syn.grid_shape(2.0) == SHAPE_2MM and syn.grid_shape(1.0) == (197, 233, 189)
+
+
+def test_mask_inside_brain_and_one_hemisphere(subjects_2mm) -> None:
+    for img, mask, affine, info in subjects_2mm:
+        assert mask.any()
+        assert (img[mask > 0] > 0).all()
+        x_mm = affine[0, 3] + affine[0, 0] * np.argwhere(mask)[:, 0]
+        side = -1 if info["hemisphere"] == "left" else 1
+        assert (x_mm * side > -6.0).all()  # lesions never cross the midline (6 mm warp slack)
+        assert info["lesion_volume_mm3"] == pytest.approx(mask.sum() * 8.0)
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+        assert n == info["n_components"]
+
+
+def test_lesion_is_hypointense_like_csf(subjects_2mm) -> None:
+    tpl_wm = syn._template(2.0).t1 > 200  # template white matter
+    for img, mask, _, info in subjects_2mm:
+        m = mask > 0
+        inside = img[m].mean()
+        shell = ndimage.binary_dilation(m, iterations=2) & ~m & (img > 0)
+        wm = np.median(img[tpl_wm & ~ndimage.binary_dilation(m, iterations=3)])
+        assert inside < img[shell].mean(), info["subject"]
+        assert inside < 0.7 * wm, info["subject"]
+        core = ndimage.binary_erosion(m)
+        if core.sum() >= 20:  # a real core: close to this subject's CSF value
+            csf = info["appearance"]["csf_value"]
+            assert 0.7 * csf < img[core].mean() < 1.5 * csf, info["subject"]
+            assert img[core].mean() < 0.6 * wm
+
+
+def test_realized_volume_follows_requested(subjects_2mm) -> None:
+    ratios = []
+    for _, _, _, info in subjects_2mm:
+        requested = info["requested_volume_mm3"]
+        realized = info["lesion_volume_mm3"]
+        if requested >= 200:
+            assert 0.6 < realized / requested < 1.6, info
+            ratios.append(realized / requested)
+    assert len(ratios) >= 5
+    assert 0.85 < np.median(ratios) < 1.2
+
+
+def test_one_mm_matches_two_mm_subject(subjects_2mm) -> None:
+    img1, mask1, affine1, info1 = syn.generate_subject(0, 0, spacing=1.0)
+    assert img1.shape == (197, 233, 189) and img1.dtype == np.float32
+    np.testing.assert_allclose(affine1, nib.load(
+        str(syn.template_dir() / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")).affine)
+    _, mask2, affine2, info2 = subjects_2mm[0]
+    assert info1["territory"] == info2["territory"]
+    assert info1["hemisphere"] == info2["hemisphere"]
+    c1 = np.argwhere(mask1).mean(axis=0) + affine1[:3, 3]
+    c2 = np.argwhere(mask2).mean(axis=0) * 2 + affine2[:3, 3]
+    assert np.linalg.norm(c1 - c2) < 4.0
+    assert 0.7 < info1["lesion_volume_mm3"] / info2["lesion_volume_mm3"] < 1.4
+
+
+def test_bad_arguments_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(StrokeSegError, match="spacing"):
+        syn.generate_subject(0, 0, spacing=0.5)
+    with pytest.raises(StrokeSegError, match="negative"):
+        syn.generate_subject(-1, 0)
+    with pytest.raises(StrokeSegError, match="at least 1"):
+        syn.generate_dataset(tmp_path / "x", 0)
+
+
+# ---------------------------------------------------------------------------------- data set
+
+
+def test_dataset_layout_files_and_manifest(dataset_2mm: Path, subjects_2mm) -> None:
+    out = dataset_2mm
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["generator"] == syn.GENERATOR and manifest["complete"] is True
+    assert manifest["seed"] == 0 and manifest["spacing"] == 2.0 and manifest["n_subjects"] == 4
+    assert [s["subject"] for s in manifest["subjects"]] == [
+        "sub-r001s001", "sub-r001s002", "sub-r001s003", "sub-r001s004"
+    ]
+    for i, entry in enumerate(manifest["subjects"]):
+        t1_path, mask_path = syn.subject_paths(out, i)
+        assert t1_path == out / (
+            f"Training/R001/sub-r001s00{i + 1}/ses-1/anat/"
+            f"sub-r001s00{i + 1}_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz"
+        )
+        assert mask_path.name == (
+            f"sub-r001s00{i + 1}_ses-1_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii.gz"
+        )
+        assert entry["t1"] == t1_path.relative_to(out).as_posix()
+        img, aff, dtype = _load(t1_path)
+        mask, maff, mdtype = _load(mask_path)
+        assert dtype == np.float32 and mdtype == np.uint8
+        assert img.shape == SHAPE_2MM and mask.shape == SHAPE_2MM
+        np.testing.assert_allclose(aff, AFFINE_2MM)
+        np.testing.assert_allclose(maff, AFFINE_2MM)
+        ref_img, ref_mask, _, ref_info = subjects_2mm[i]
+        assert np.array_equal(img, ref_img) and np.array_equal(mask, ref_mask)
+        assert entry["lesion_volume_mm3"] == mask.sum() * 8.0
+        for key in ("territory", "hemisphere", "n_components"):
+            assert entry[key] == ref_info[key]
+    vols = [s["lesion_volume_mm3"] for s in manifest["subjects"]]
+    summary = manifest["summary"]["lesion_volume_mm3"]
+    assert summary["median"] == pytest.approx(float(np.median(vols)))
+    assert summary["min"] == min(vols) and summary["max"] == max(vols)
+    assert not list(out.rglob("*.tmp*"))  # no temporary files left
+    assert syn.subject_id(49) == "sub-r001s050" and syn.subject_id(50) == "sub-r002s001"
+    assert syn.subject_paths(out, 50)[0].parts[-5] == "R002"
+
+
+def test_dataset_goes_through_bids_discovery(dataset_2mm: Path) -> None:
+    from stroke_seg.data.discovery import discover
+
+    cases = discover(dataset_2mm, "synthetic")
+    assert [c.subject for c in cases] == [syn.subject_id(i) for i in range(4)]
+    assert all(len(c.masks) == 1 and c.masks[0].exists() for c in cases)
+
+
+def test_first_subjects_identical_whatever_n(dataset_2mm: Path, tmp_path: Path) -> None:
+    small = syn.generate_dataset(tmp_path / "two", 2, seed=0, spacing=2.0, progress=False)
+    for i in range(2):
+        for a, b in zip(syn.subject_paths(small, i), syn.subject_paths(dataset_2mm, i),
+                        strict=True):
+            assert np.array_equal(_load(a)[0], _load(b)[0])
+    assert not syn.subject_paths(small, 2)[0].exists()
+
+
+def test_rerun_is_idempotent_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    syn.generate_dataset(out, 2, seed=0, spacing=2.0, progress=False)
+    t1_0 = syn.subject_paths(out, 0)[0]
+    os.utime(t1_0, (1_000_000, 1_000_000))
+    manifest_before = (out / "dataset.json").read_text()
+    assert syn.generate_dataset(out, 2, seed=0, spacing=2.0, progress=False) == out
+    assert t1_0.stat().st_mtime == 1_000_000  # nothing rewritten
+    assert (out / "dataset.json").read_text() == manifest_before
+    # n grows: existing subjects are kept, the new one is added
+    syn.generate_dataset(out, 3, seed=0, spacing=2.0, progress=False)
+    assert t1_0.stat().st_mtime == 1_000_000
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["n_subjects"] == 3 and len(manifest["subjects"]) == 3
+    # n shrinks: the extra subject is removed
+    syn.generate_dataset(out, 1, seed=0, spacing=2.0, progress=False)
+    assert not syn.subject_paths(out, 1)[0].exists()
+    assert not syn.subject_paths(out, 2)[0].parent.parent.parent.exists()
+    # another seed replaces the subjects
+    syn.generate_dataset(out, 1, seed=5, spacing=2.0, progress=False)
+    assert t1_0.stat().st_mtime != 1_000_000
+    assert json.loads((out / "dataset.json").read_text())["seed"] == 5
+
+
+def test_refuses_foreign_nonempty_folder(tmp_path: Path) -> None:
+    foreign = tmp_path / "my_data"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(StrokeSegError) as err:
+        syn.generate_dataset(foreign, 1, seed=0, spacing=2.0, progress=False)
+    assert str(foreign) in str(err.value) and "--overwrite" in str(err.value)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    syn.generate_dataset(foreign, 1, seed=0, spacing=2.0, overwrite=True, progress=False)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    assert syn.subject_paths(foreign, 0)[1].exists()
+
+
+def test_cli_summary_and_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    rc = syn.main(["--out", str(out), "--n", "1", "--seed", "0", "--spacing", "2", "--quiet"])
+    assert rc == 0
+    line = capsys.readouterr().out.strip()
+    assert "1 subjects" in line and "grid 99x117x95" in line and str(out) in line
+    assert syn.subject_paths(out, 0)[0].exists()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "x").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        syn.main(["--out", str(foreign), "--n", "1", "--spacing", "2", "--quiet"])
+    assert exc.value.code == 2
+    assert f"error: {foreign}" in capsys.readouterr().err
