@@ -27,12 +27,16 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's message spans many lines; keep the one that names the refused object.
+        what = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "")
         raise StrokeSegError(
             f"{key}={path} holds more than tensors and plain data, so it was not loaded "
-            f"(it could run code); only checkpoints written by stroke_seg are accepted ({err})."
+            f"(it could run code); only checkpoints written by stroke_seg are accepted"
+            + (f" [{what}]" if what else "") + "."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise StrokeSegError(f"{key}={path} is not a readable checkpoint ({err}).") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types on corrupt files
+        first_line = (str(err).splitlines() or [type(err).__name__])[0]
+        raise StrokeSegError(f"{key}={path} is not a readable checkpoint ({first_line}).") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise StrokeSegError(f"{key}={path} is not a Lightning checkpoint (no state_dict).")
     return ckpt

@@ -120,7 +120,7 @@ def load_model(ckpt_path: str | Path, key: str = "ckpt") -> LoadedModel:
         )
     preprocessing = _normalise_preprocessing(hparams["preprocessing"], source)
     try:
-        net = ResUNet3D(**dict(hparams["net"]))
+        net = ResUNet3D.from_config(dict(hparams["net"]))
     except (TypeError, ValueError) as err:
         raise StrokeSegError(
             f"{source} describes a network that cannot be built ({err})."
@@ -371,10 +371,6 @@ class Predictor:
         if isinstance(paths, (str, Path)):
             paths = [paths]
         return cls([load_model(p) for p in paths], **kwargs)
-
-    @property
-    def sources(self) -> list[str]:
-        return [m.source for m in self.models]
 
     def choose_mode(self, shape: Sequence[int], resampled: bool) -> str:
         """The spatial strategy for a network-grid volume of `shape` (see the class doc)."""

@@ -194,8 +194,8 @@ class StrokeDataModule(pl.LightningDataModule):
 
     # -- what inference needs to reproduce the training input (stored in checkpoints) --
     def preprocessing(self) -> dict:
-        """Input scaling, crop sizes and voxel spacing (mm) of the training scans; inference
-        resamples new scans to this spacing and scales them the same way."""
+        """Input scaling, crop sizes, voxel spacing (mm) and grid shape of the training scans;
+        inference resamples new scans to this spacing and scales them the same way."""
         split = self.resolve_split()
         first = nib.load(str(self.cases[split["train"][0]].image))
         return {
@@ -204,6 +204,7 @@ class StrokeDataModule(pl.LightningDataModule):
             "crop_size": list(self.crop_size),
             "eval_crop": list(self.eval_crop),
             "spacing": [float(v) for v in spacing_of(first.affine)],
+            "grid_shape": [int(v) for v in first.shape[:3]],
         }
 
     def resolve_split(self) -> dict[str, list[str]]:
