@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from monai.transforms import Compose, Orientation, Spacing
 from monai.utils import convert_to_tensor
 from torch import nn
 
-from stroke_seg.checkpoints import read_checkpoint
+from stroke_seg.checkpoints import read_checkpoint, read_safetensors, weight_differences
 from stroke_seg.data.datamodule import intensity_transform
 from stroke_seg.data.io import AFFINE_TOLERANCE_MM, spacing_of
 from stroke_seg.errors import StrokeSegError
@@ -71,6 +71,7 @@ class LoadedModel:
     preprocessing: dict[str, Any]
     threshold: float = 0.5
     source: str = "model"
+    net_config: dict[str, Any] = field(default_factory=dict)
 
 
 def _normalise_preprocessing(pre: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -91,16 +92,19 @@ def _normalise_preprocessing(pre: Mapping[str, Any], source: str) -> dict[str, A
 
 
 def load_model(ckpt_path: str | Path, key: str = "ckpt") -> LoadedModel:
-    """Rebuild the ResUNet3D a training checkpoint describes and load its weights.
+    """Rebuild the ResUNet3D a training checkpoint (or an exported ``.safetensors`` model)
+    describes and load its weights.
 
-    The checkpoint is read as plain data (`read_checkpoint`, never executing pickles). It is
-    refused, in one sentence naming the file, when it lacks the hyper-parameters that
-    describe the network (``net``) or its input (``preprocessing``), or when its weights do
-    not fit that network exactly (no partial loading).
+    A ``.ckpt`` is read as plain data (`read_checkpoint`, never executing pickles); a
+    ``.safetensors`` file holds no pickle at all (`read_safetensors`). Either is refused,
+    in one sentence naming the file, when it lacks the hyper-parameters that describe the
+    network (``net``) or its input (``preprocessing``), or when its weights do not fit that
+    network exactly (no partial loading).
     """
     source = f"{key}={Path(ckpt_path).expanduser()}"
+    reader = read_safetensors if str(ckpt_path).endswith(".safetensors") else read_checkpoint
     try:
-        ckpt = read_checkpoint(ckpt_path, key)
+        ckpt = reader(ckpt_path, key)
     except StrokeSegError:
         raise
     except Exception as err:  # torch's restricted unpickler raises many types on junk
@@ -126,21 +130,16 @@ def load_model(ckpt_path: str | Path, key: str = "ckpt") -> LoadedModel:
             f"{source} describes a network that cannot be built ({err})."
         ) from None
     state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    own = net.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad:
-        first = (bad or missing or unexpected)[0]
+    differences = weight_differences(net.state_dict(), state)
+    if differences:
         raise StrokeSegError(
             f"{source} does not fit the network its own hyper-parameters describe "
-            f"(net={dict(hparams['net'])}; {len(bad)} tensors of another shape, {len(missing)} "
-            f"missing, {len(unexpected)} unexpected, first: net.{first}); it is a checkpoint "
-            "of another model."
+            f"(net={dict(hparams['net'])}; {differences}); it is a checkpoint of another model."
         )
     net.load_state_dict(state, strict=True)
     net.eval()
-    return LoadedModel(net, preprocessing, float(hparams.get("threshold", 0.5)), source)
+    threshold = float(hparams.get("threshold", 0.5))
+    return LoadedModel(net, preprocessing, threshold, source, dict(hparams["net"]))
 
 
 # --------------------------------------------------------------------------------------

@@ -2,6 +2,12 @@
 
 Hyper-parameters are plain data (dicts of numbers and lists) saved into every checkpoint,
 so that inference can rebuild the network and its input scaling from the checkpoint alone.
+
+Speed options (``conf/speed/default.yaml``, docs/benchmarks.md) change how the network runs,
+not its weights: channels-last memory layout and ``torch.compile`` are applied in
+`LesionSegModule.configure_model`, so checkpoints keep the plain parameter names and load
+into inference and into the next stage unchanged. bf16 autocast is Lightning's
+``trainer.precision=bf16-mixed``; activation checkpointing is ``model.checkpointing``.
 """
 
 from __future__ import annotations
@@ -12,12 +18,18 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
+from torchmetrics import MeanMetric
 
+from stroke_seg.errors import StrokeSegError
 from stroke_seg.losses import BCEDiceLoss
 from stroke_seg.models import ResUNet3D
 
+SPEED_KEYS = ("channels_last", "compile", "compile_mode")
 
-def full_volume_dice(pred: torch.Tensor, label: torch.Tensor, label_total: torch.Tensor) -> torch.Tensor:
+
+def full_volume_dice(
+    pred: torch.Tensor, label: torch.Tensor, label_total: torch.Tensor
+) -> torch.Tensor:
     """DSC of a prediction on a centre crop scored against the WHOLE reference mask.
 
     The paper classifies every voxel outside the evaluation crop as negative (Sec. 2.4), so
@@ -41,6 +53,7 @@ class LesionSegModule(pl.LightningModule):
         preprocessing: Mapping[str, Any] | None = None,
         stage: str = "zoom_in",
         threshold: float = 0.5,
+        speed: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -48,6 +61,13 @@ class LesionSegModule(pl.LightningModule):
         self.loss_fn = BCEDiceLoss(**loss)
         self.optim_cfg = dict(optim)
         self.threshold = threshold
+        self.speed = check_speed(speed)
+        self._speed_applied = False
+        # Epoch means over all validation scans of all ranks: torchmetrics reduces sums and
+        # counts across processes, so under DDP with shards of unequal size val/dsc is still
+        # the mean over scans (a mean of per-rank means would not be).
+        self.val_dsc = MeanMetric()
+        self.val_loss = MeanMetric()
         # The first validation case of the epoch, kept for pictures (ValidationPicture).
         self.val_example: dict[str, torch.Tensor] | None = None
 
@@ -55,14 +75,40 @@ class LesionSegModule(pl.LightningModule):
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
 
+    def configure_model(self) -> None:
+        """Apply the speed options once, before the strategy wraps the model (Lightning hook).
+
+        channels-last: parameters and (in `forward`) inputs in ``torch.channels_last_3d``
+        layout, which oneDNN / cuDNN convolutions may run faster. compile: ``nn.Module.compile``
+        compiles the network in place, so ``state_dict`` names stay ``net.*``.
+        """
+        if self._speed_applied:
+            return
+        if self.speed["channels_last"]:
+            self.net.to(memory_format=torch.channels_last_3d)
+        if self.speed["compile"]:
+            self.net.compile(mode=self.speed["compile_mode"])
+        self._speed_applied = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.speed["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.net(x)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["label"].float())
         bs = batch["image"].shape[0]
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        # sync_dist: under DDP the epoch mean is taken over every process's crops.
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=bs,
+            sync_dist=True,
+        )
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -73,8 +119,12 @@ class LesionSegModule(pl.LightningModule):
         pred = (prob > self.threshold).float()
         dsc = full_volume_dice(pred, label, batch["label_total"])
         bs = image.shape[0]
-        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=bs)
-        self.log("val/dsc", dsc.mean(), on_epoch=True, prog_bar=True, sync_dist=True, batch_size=bs)
+        self.val_loss.update(loss.detach().float(), weight=bs)
+        self.val_dsc.update(dsc.float())
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, batch_size=bs)
+        self.log(
+            "val/dsc", self.val_dsc, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs
+        )
         if batch_idx == 0:
             self.val_example = {
                 "subject": batch["subject"][0],
@@ -92,7 +142,9 @@ class LesionSegModule(pl.LightningModule):
         optimizer = torch.optim.Adam(
             self.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0)
         )
-        steps_per_epoch = max(1, int(self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs)))
+        steps_per_epoch = max(
+            1, int(self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
+        )
         scheduler = CosineAnnealingWarmRestarts(
             optimizer,
             T_0=max(1, int(cfg.get("restart_period_epochs", 50)) * steps_per_epoch),
@@ -102,3 +154,18 @@ class LesionSegModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+
+def check_speed(speed: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The speed options with their defaults (all off); unknown keys are refused."""
+    speed = dict(speed or {})
+    unknown = sorted(set(speed) - set(SPEED_KEYS))
+    if unknown:
+        raise StrokeSegError(
+            f"speed.{unknown[0]} is not a speed option; use {', '.join(SPEED_KEYS)}."
+        )
+    return {
+        "channels_last": bool(speed.get("channels_last", False)),
+        "compile": bool(speed.get("compile", False)),
+        "compile_mode": str(speed.get("compile_mode") or "default"),
+    }

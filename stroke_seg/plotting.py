@@ -27,8 +27,9 @@ def plot_progress(history: Sequence[Mapping[str, float]], path: str | Path) -> P
     axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
     axes[0].legend()
     axes[1].plot(epochs, [h.get("val/dsc", math.nan) for h in history], "o-", color="tab:green")
-    axes[1].set(xlabel="epoch", ylabel="DSC", title="validation DSC (centre crop, full volume)",
-                ylim=(0, 1))
+    axes[1].set(
+        xlabel="epoch", ylabel="DSC", title="validation DSC (centre crop, full volume)", ylim=(0, 1)
+    )
     axes[2].plot(epochs, [h.get("lr", math.nan) for h in history], color="tab:orange")
     axes[2].set(xlabel="epoch", ylabel="learning rate", title="learning rate (epoch end)")
     fig.tight_layout()
@@ -37,8 +38,12 @@ def plot_progress(history: Sequence[Mapping[str, float]], path: str | Path) -> P
 
 
 def plot_case_slices(
-    image: np.ndarray, reference: np.ndarray | None, prediction: np.ndarray, path: str | Path,
-    title: str = "", n_slices: int = 5,
+    image: np.ndarray,
+    reference: np.ndarray | None,
+    prediction: np.ndarray,
+    path: str | Path,
+    title: str = "",
+    n_slices: int = 5,
 ) -> Path:
     """Axial slices through the lesion: T1 in grey, reference outline in green, predicted
     outline in red. Slices are spread over the z-range of reference ∪ prediction (or the
@@ -49,8 +54,11 @@ def plot_case_slices(
     union = prediction | reference if reference is not None else prediction
     zs = np.flatnonzero(union.any(axis=(0, 1)))
     lo, hi = (zs.min(), zs.max()) if zs.size else (0, image.shape[2] - 1)
-    picks = np.unique(np.linspace(lo, hi, n_slices + 2)[1:-1].round().astype(int)) if hi > lo \
+    picks = (
+        np.unique(np.linspace(lo, hi, n_slices + 2)[1:-1].round().astype(int))
+        if hi > lo
         else np.array([lo])
+    )
     fig, axes = plt.subplots(1, len(picks), figsize=(3 * len(picks), 3.4), squeeze=False)
     vmax = float(np.percentile(image, 99.5)) or 1.0
     for ax, z in zip(axes[0], picks, strict=True):
@@ -61,8 +69,12 @@ def plot_case_slices(
             ax.contour(prediction[:, :, z].T, levels=[0.5], colors="red", linewidths=1)
         ax.set_title(f"z={z}", fontsize=8)
         ax.axis("off")
-    fig.suptitle(f"{title}  (green: reference, red: prediction)" if reference is not None
-                 else f"{title}  (red: prediction)", fontsize=9)
+    fig.suptitle(
+        f"{title}  (green: reference, red: prediction)"
+        if reference is not None
+        else f"{title}  (red: prediction)",
+        fontsize=9,
+    )
     fig.tight_layout()
     _save(fig, Path(path))
     return Path(path)

@@ -11,14 +11,20 @@
 and ``lesions.csv``: per scan the lesion volume (mm³), the number of lesions (26-connected
 components, as the ATLAS v2.0 challenge counts them) and the spatial strategy used.
 
-Safety: the output folder may not be (inside) the input folder, existing result files are
-never replaced without ``overwrite=true``, every input is checked (exists, NIfTI, one 3-D
-volume) before anything is written, and every file is written under a temporary name and
-renamed when complete. See `stroke_seg.inference` for resampling and spatial strategies.
+Safety: the output folder may not be (inside) the input folder, and output names cannot
+leave it (`safe_output_path`); inputs are only read; existing result files are never
+replaced without ``overwrite=true``; every input is checked in full (`stroke_seg.validation`:
+readable NIfTI, one 3-D volume, finite, not all zero) before anything is written, so a bad
+scan stops the run before an hour of work, not after; every file is written under a
+temporary name and renamed when complete. After a crash, ``continue_prediction=true``
+(as nnU-Net's ``--continue_prediction``) keeps the scans whose mask and probability map are
+complete and redoes the rest. See `stroke_seg.inference` for resampling and spatial
+strategies.
 """
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import logging
 from collections.abc import Sequence
@@ -37,6 +43,8 @@ from stroke_seg.inference import Predictor
 from stroke_seg.metrics import CONNECTIVITY_26
 from stroke_seg.plotting import plot_case_slices
 from stroke_seg.report import save_nifti_atomic, write_csv_atomic
+from stroke_seg.safe_io import safe_output_path
+from stroke_seg.validation import check_image
 
 log = logging.getLogger(__name__)
 
@@ -75,34 +83,58 @@ def find_inputs(source: Path, pattern: str = "*.nii*") -> list[Path]:
 
 
 def check_readable(path: Path) -> None:
-    """Refuse a file that is not NIfTI or holds more than one 3-D volume (header only)."""
-    try:
-        shape = nib.load(str(path)).shape
-    except Exception as err:  # nibabel raises many types for a bad header
-        raise StrokeSegError(f"{path} is not a readable NIfTI file ({err}).") from None
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise StrokeSegError(
-            f"{path} has shape {tuple(shape)}; one 3-D T1 volume per file is needed (split "
-            "4-D series first)."
-        )
+    """Refuse a scan that `stroke_seg.validation` refuses (not NIfTI, truncated, not one
+    3-D volume, NaN or infinite intensities) or that is all zero. Reads the whole file."""
+    image, _ = load_volume(path)
+    check_image(image, path)
+
+
+def scan_files(output: Path, name: str, qc: bool) -> list[Path]:
+    """The files one scan's prediction writes: mask, probability map (and QC picture)."""
+    kinds = ["lesion_mask.nii.gz", "lesion_prob.nii.gz", *(["qc.png"] if qc else [])]
+    return [safe_output_path(output, f"{name}_{kind}") for kind in kinds]
 
 
 def output_files(output: Path, names: Sequence[str], qc: bool) -> list[Path]:
     """Every file this run will write."""
-    files = []
-    for name in names:
-        files += [output / f"{name}_lesion_mask.nii.gz", output / f"{name}_lesion_prob.nii.gz"]
-        if qc:
-            files.append(output / f"{name}_qc.png")
+    files = [path for name in names for path in scan_files(output, name, qc)]
     return [*files, output / "lesions.csv"]
 
 
+def is_finished(output: Path, name: str, source: Path, qc: bool) -> bool:
+    """Whether a scan's results are complete: every file is there (each was renamed into
+    place only when complete) and both NIfTIs have the input's shape."""
+    files = scan_files(output, name, qc)
+    if not all(p.is_file() for p in files):
+        return False
+    try:
+        shape = nib.load(str(source)).shape[:3]
+        return all(nib.load(str(p)).shape[:3] == shape for p in files[:2])
+    except Exception:  # noqa: BLE001 - an unreadable result is redone
+        return False
+
+
+def remove_stale_temporaries(output: Path, names: Sequence[str], qc: bool) -> None:
+    """Delete temporary files a killed run left for these results (`report.atomic_path`
+    names them ``.tmp-<pid>-<name>``); they are never results themselves."""
+    if not output.is_dir():
+        return
+    wanted = {p.name for p in output_files(output, names, qc)}
+    for tmp in output.glob(".tmp-*-*"):
+        if tmp.name.split("-", 2)[-1] in wanted:
+            tmp.unlink(missing_ok=True)
+
+
 def check_output(
-    source: Path, output: Path, inputs: Sequence[Path], qc: bool, overwrite: bool
+    source: Path,
+    output: Path,
+    inputs: Sequence[Path],
+    qc: bool,
+    overwrite: bool,
+    continue_prediction: bool = False,
 ) -> None:
-    """Refuse writing into the input folder, name clashes and existing results."""
+    """Refuse writing into the input folder, name clashes and existing results (allowed
+    with `overwrite`, or kept by `continue_prediction`)."""
     src, out = source.resolve(), output.resolve()
     if source.is_dir() and (out == src or src in out.parents):
         raise StrokeSegError(
@@ -126,10 +158,11 @@ def check_output(
             )
         seen[name] = path
     existing = [p for p in output_files(output, list(seen), qc) if p.exists()]
-    if existing and not overwrite:
+    if existing and not (overwrite or continue_prediction):
         raise StrokeSegError(
             f"{existing[0]} already exists ({len(existing)} result file(s) would be "
-            "replaced); pass overwrite=true or choose another output=."
+            "replaced); pass overwrite=true, continue_prediction=true to finish an "
+            "interrupted run, or choose another output=."
         )
 
 
@@ -150,19 +183,37 @@ def predict_scan(predictor: Predictor, path: Path, output: Path, qc: bool) -> di
     header = nib.load(str(path)).header
     result = predictor.predict(image, affine)
     name = scan_name(path)
+    mask_path, prob_path, *qc_path = scan_files(output, name, qc)
     mask = result.mask
-    save_nifti_atomic(
-        output / f"{name}_lesion_prob.nii.gz", result.prob.astype(np.float32), affine, header
-    )
-    save_nifti_atomic(output / f"{name}_lesion_mask.nii.gz", mask, affine, header)
+    save_nifti_atomic(prob_path, result.prob.astype(np.float32), affine, header)
+    save_nifti_atomic(mask_path, mask, affine, header)
     if qc:
-        plot_case_slices(image, None, mask, output / f"{name}_qc.png", title=name)
+        plot_case_slices(image, None, mask, qc_path[0], title=name)
     return {
         "scan": name,
         **lesion_stats(mask, spacing_of(affine)),
         "mode": result.mode,
         "input": str(path),
     }
+
+
+def finished_row(output: Path, path: Path, previous: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The lesions.csv row of a scan kept by ``continue_prediction``: the earlier run's row,
+    or, if it was killed before writing it, one recomputed from the saved mask."""
+    name = scan_name(path)
+    if name in previous:
+        return previous[name]
+    mask, affine = load_volume(scan_files(output, name, False)[0])
+    return {"scan": name, **lesion_stats(mask, spacing_of(affine)), "mode": "", "input": str(path)}
+
+
+def read_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """The rows of an earlier lesions.csv by scan name (none if it is absent or unreadable)."""
+    try:
+        with path.open(newline="") as f:
+            return {row["scan"]: row for row in csv.DictReader(f) if row.get("scan")}
+    except (OSError, KeyError, csv.Error):
+        return {}
 
 
 def _ckpts(value: Any) -> list[str]:
@@ -178,11 +229,21 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
             raise StrokeSegError(
                 f"{key}= is missing: python predict.py ckpt=PATH input=FILE_OR_DIR output=DIR."
             )
+    resume = bool(cfg.continue_prediction)
+    if resume and bool(cfg.overwrite):
+        raise StrokeSegError(
+            "Pass either overwrite=true (redo every scan) or continue_prediction=true (keep "
+            "finished scans), not both."
+        )
     source, output = Path(str(cfg.input)).expanduser(), Path(str(cfg.output)).expanduser()
     inputs = find_inputs(source, str(cfg.pattern))
-    check_output(source, output, inputs, bool(cfg.qc), bool(cfg.overwrite))
+    qc = bool(cfg.qc)
+    check_output(source, output, inputs, qc, bool(cfg.overwrite), resume)
+    done = {p for p in inputs if resume and is_finished(output, scan_name(p), p, qc)}
     for path in inputs:
-        check_readable(path)
+        if path not in done:
+            check_readable(path)
+    remove_stale_temporaries(output, [scan_name(p) for p in inputs], qc)
     predictor = Predictor.from_checkpoints(
         _ckpts(cfg.ckpt),
         mode=str(cfg.mode),
@@ -191,10 +252,20 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         device=str(cfg.device),
         amp=bool(cfg.amp),
     )
-    log.info("Predicting %d scan(s) on %s into %s", len(inputs), predictor.device, output)
+    log.info(
+        "Predicting %d scan(s) on %s into %s (%d finished before, kept)",
+        len(inputs) - len(done),
+        predictor.device,
+        output,
+        len(done),
+    )
+    previous = read_rows(output / "lesions.csv") if done else {}
     rows: list[dict[str, Any]] = []
     for path in tqdm(inputs, desc="predict", unit="scan", disable=len(inputs) < 2):
-        rows.append(predict_scan(predictor, path, output, bool(cfg.qc)))
+        if path in done:
+            rows.append(finished_row(output, path, previous))
+        else:
+            rows.append(predict_scan(predictor, path, output, qc))
         # Rewritten after every scan: an interrupted run still lists what it finished.
         write_csv_atomic(output / "lesions.csv", rows, LESION_COLUMNS)
     return rows

@@ -17,12 +17,15 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-from stroke_seg.checkpoints import load_matching_weights
+from stroke_seg.callbacks import FiniteLossGuard, call_logger, guard_logger
+from stroke_seg.checkpoints import load_matching_weights, read_checkpoint
 from stroke_seg.data.datamodule import StrokeDataModule
+from stroke_seg.distributed import check_launch, is_rank_zero
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.lit_module import LesionSegModule
+from stroke_seg.safe_io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +38,15 @@ def check_config(cfg: DictConfig, run_dir: Path) -> None:
             f"ckpt=PATH/TO/zoom_in/checkpoints/last.ckpt (or resume= to continue this stage)."
         )
     if cfg.resume and not Path(cfg.resume).is_file():
-        raise StrokeSegError(f"resume={cfg.resume} does not exist; pass <run>/checkpoints/last.ckpt.")
+        raise StrokeSegError(
+            f"resume={cfg.resume} does not exist; pass <run>/checkpoints/last.ckpt."
+        )
     if cfg.ckpt and cfg.resume:
-        raise StrokeSegError("Pass either ckpt= (start a stage from weights) or resume= "
-                             "(continue a run), not both.")
+        raise StrokeSegError(
+            "Pass either ckpt= (start a stage from weights) or resume= (continue a run), not both."
+        )
+    if cfg.resume:
+        read_checkpoint(cfg.resume, key="resume")  # plain data only, or one clear sentence
     existing = run_dir / "checkpoints"
     if not cfg.resume and not cfg.overwrite and existing.is_dir() and any(existing.iterdir()):
         raise StrokeSegError(
@@ -53,27 +61,51 @@ def _plain(node: Any) -> Any:
 
 def build_module(cfg: DictConfig, preprocessing: dict) -> LesionSegModule:
     return LesionSegModule(
-        net=_plain(cfg.model), loss=_plain(cfg.loss), optim=_plain(cfg.optim),
-        preprocessing=preprocessing, stage=str(cfg.stage.name),
+        net=_plain(cfg.model),
+        loss=_plain(cfg.loss),
+        optim=_plain(cfg.optim),
+        preprocessing=preprocessing,
+        stage=str(cfg.stage.name),
+        speed=_plain(cfg.get("speed")),
     )
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
     """Instantiate the configured loggers; wandb keeps one run id per run folder so that a
-    resumed run continues the same wandb run."""
+    resumed run continues the same wandb run. Every logger is guarded (`guard_logger`): one
+    that fails, e.g. cannot reach its server, is switched off with a warning instead of
+    stopping training."""
     loggers = []
     for name, logger_cfg in (cfg.get("logger") or {}).items():
         if logger_cfg is None:
             continue
         if "WandbLogger" in str(logger_cfg.get("_target_", "")):
             id_file = run_dir / "wandb_id.txt"
-            if not id_file.exists():
-                id_file.write_text(uuid.uuid4().hex[:8] + "\n")
-            loggers.append(instantiate(logger_cfg, id=id_file.read_text().strip(), resume="allow"))
+            if not is_rank_zero():  # only rank 0 talks to wandb (Lightning's rule too)
+                logger = instantiate(logger_cfg)
+            else:
+                if not id_file.exists():
+                    id_file.write_text(uuid.uuid4().hex[:8] + "\n")
+                logger = instantiate(logger_cfg, id=id_file.read_text().strip(), resume="allow")
         else:
-            loggers.append(instantiate(logger_cfg))
+            logger = instantiate(logger_cfg)
+            if cfg.resume and isinstance(logger, CSVLogger) and is_rank_zero():
+                keep_csv_history(Path(logger.log_dir))
+        loggers.append(guard_logger(logger))
         log.debug("logger %s", name)
     return loggers
+
+
+def keep_csv_history(log_dir: Path) -> Path | None:
+    """Lightning's CSVLogger deletes an existing metrics.csv when a run resumes into its
+    folder; rename it to metrics.partN.csv first, so the history before the crash is kept."""
+    metrics = log_dir / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    n = 1
+    while (log_dir / f"metrics.part{n}.csv").exists():
+        n += 1
+    return metrics.rename(log_dir / f"metrics.part{n}.csv")
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
@@ -96,12 +128,24 @@ def run(cfg: DictConfig) -> float:
         log.info("Initialised %s from %s", cfg.stage.name, cfg.ckpt)
 
     loggers = build_loggers(cfg, run_dir)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=loggers)
+    # The NaN guard comes first so that it runs before any callback that saves a checkpoint;
+    # checkpoints are written atomically (a kill while saving keeps the previous one).
+    callbacks = [FiniteLossGuard(run_dir / "checkpoints"), *build_callbacks(cfg)]
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
+    )
+    check_launch(trainer)  # before any DDP process is started
     for logger in loggers:
         logger.log_hyperparams({**_plain(cfg), "n_parameters": module.n_parameters})
-    log.info("%s: %d parameters, %d train / %d val scans, crop %s, run folder %s",
-             cfg.stage.name, module.n_parameters, len(datamodule.split["train"]),
-             len(datamodule.split["val"]), list(datamodule.crop_size), run_dir)
+    log.info(
+        "%s: %d parameters, %d train / %d val scans, crop %s, run folder %s",
+        cfg.stage.name,
+        module.n_parameters,
+        len(datamodule.split["train"]),
+        len(datamodule.split["val"]),
+        list(datamodule.crop_size),
+        run_dir,
+    )
 
     started = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
@@ -111,12 +155,20 @@ def run(cfg: DictConfig) -> float:
         write_summary(run_dir, cfg, trainer, module, val_dsc, time.time() - started)
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            logger.experiment.summary["final_val_dsc"] = val_dsc
+            call_logger(
+                logger, lambda lg=logger: lg.experiment.summary.update({"final_val_dsc": val_dsc})
+            )
     return val_dsc
 
 
-def write_summary(run_dir: Path, cfg: DictConfig, trainer: pl.Trainer,
-                  module: LesionSegModule, val_dsc: float, seconds: float) -> Path:
+def write_summary(
+    run_dir: Path,
+    cfg: DictConfig,
+    trainer: pl.Trainer,
+    module: LesionSegModule,
+    val_dsc: float,
+    seconds: float,
+) -> Path:
     """``summary.json``: what was trained, how long, and how well, in one file."""
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_score", None)

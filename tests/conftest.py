@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -87,3 +90,17 @@ def compose_train(run_dir: Path, data_root: Path, overrides: list[str] = ()) -> 
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
     return cfg
+
+
+def run_train_cli(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python train.py ARGS`` in a subprocess, as a user runs it (for multiruns, DDP, CLI
+    errors); output captured as text."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

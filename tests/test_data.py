@@ -13,7 +13,7 @@ from stroke_seg.data.discovery import discover, discover_atlas_r12, discover_atl
 from stroke_seg.data.io import load_case
 from stroke_seg.data.splits import load_split, make_split, save_split
 from stroke_seg.errors import StrokeSegError
-from tests.conftest import TINY_AFFINE, bids_paths, tiny_scan, write_nifti
+from tests.conftest import bids_paths, tiny_scan, write_nifti
 
 
 def test_bids_discovery_pairs_images_and_masks(tiny_bids):
@@ -129,8 +129,14 @@ def test_split_file_round_trip_and_errors(tmp_path):
 
 
 def _datamodule(root, **kwargs) -> StrokeDataModule:
-    args = dict(root=str(root), layout="synthetic", crop_size=(16, 12, 8),
-                eval_crop=(20, 24, 16), split_proportions=(6, 1, 1), cache_workers=0)
+    args = dict(
+        root=str(root),
+        layout="synthetic",
+        crop_size=(16, 12, 8),
+        eval_crop=(20, 24, 16),
+        split_proportions=(6, 1, 1),
+        cache_workers=0,
+    )
     args.update(kwargs)
     dm = StrokeDataModule(**args)
     dm.setup("fit")
@@ -166,8 +172,9 @@ def test_foreground_sampling_finds_lesions_more_often(tiny_bids):
 
     small = (6, 6, 6)
     uniform = lesion_fraction(_datamodule(tiny_bids, crop_size=small))
-    biased = lesion_fraction(_datamodule(tiny_bids, crop_size=small, sampling="foreground",
-                                         foreground_prob=1.0))
+    biased = lesion_fraction(
+        _datamodule(tiny_bids, crop_size=small, sampling="foreground", foreground_prob=1.0)
+    )
     assert biased == 1.0
     assert uniform < 0.8
 

@@ -15,9 +15,7 @@ from stroke_seg.data import synthetic as syn
 from stroke_seg.errors import StrokeSegError
 
 SHAPE_2MM = (99, 117, 95)
-AFFINE_2MM = np.array(
-    [[2.0, 0, 0, -98.0], [0, 2.0, 0, -134.0], [0, 0, 2.0, -72.0], [0, 0, 0, 1.0]]
-)
+AFFINE_2MM = np.array([[2.0, 0, 0, -98.0], [0, 2.0, 0, -134.0], [0, 0, 2.0, -72.0], [0, 0, 0, 1.0]])
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +142,12 @@ def test_realized_volume_follows_requested(subjects_2mm) -> None:
 def test_one_mm_matches_two_mm_subject(subjects_2mm) -> None:
     img1, mask1, affine1, info1 = syn.generate_subject(0, 0, spacing=1.0)
     assert img1.shape == (197, 233, 189) and img1.dtype == np.float32
-    np.testing.assert_allclose(affine1, nib.load(
-        str(syn.template_dir() / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")).affine)
+    np.testing.assert_allclose(
+        affine1,
+        nib.load(
+            str(syn.template_dir() / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+        ).affine,
+    )
     _, mask2, affine2, info2 = subjects_2mm[0]
     assert info1["territory"] == info2["territory"]
     assert info1["hemisphere"] == info2["hemisphere"]
@@ -173,7 +175,10 @@ def test_dataset_layout_files_and_manifest(dataset_2mm: Path, subjects_2mm) -> N
     assert manifest["generator"] == syn.GENERATOR and manifest["complete"] is True
     assert manifest["seed"] == 0 and manifest["spacing"] == 2.0 and manifest["n_subjects"] == 4
     assert [s["subject"] for s in manifest["subjects"]] == [
-        "sub-r001s001", "sub-r001s002", "sub-r001s003", "sub-r001s004"
+        "sub-r001s001",
+        "sub-r001s002",
+        "sub-r001s003",
+        "sub-r001s004",
     ]
     for i, entry in enumerate(manifest["subjects"]):
         t1_path, mask_path = syn.subject_paths(out, i)
@@ -216,8 +221,9 @@ def test_dataset_goes_through_bids_discovery(dataset_2mm: Path) -> None:
 def test_first_subjects_identical_whatever_n(dataset_2mm: Path, tmp_path: Path) -> None:
     small = syn.generate_dataset(tmp_path / "two", 2, seed=0, spacing=2.0, progress=False)
     for i in range(2):
-        for a, b in zip(syn.subject_paths(small, i), syn.subject_paths(dataset_2mm, i),
-                        strict=True):
+        for a, b in zip(
+            syn.subject_paths(small, i), syn.subject_paths(dataset_2mm, i), strict=True
+        ):
             assert np.array_equal(_load(a)[0], _load(b)[0])
     assert not syn.subject_paths(small, 2)[0].exists()
 

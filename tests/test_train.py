@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,7 @@ import yaml
 from stroke_seg.checkpoints import load_matching_weights
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.train import build_module, run
-from tests.conftest import REPO, compose_train
+from tests.conftest import compose_train, run_train_cli
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -32,8 +29,15 @@ def zoom_in_run(tiny_bids, tmp_path_factory) -> Path:
 
 def test_run_folder_explains_itself(zoom_in_run):
     names = {p.name for p in zoom_in_run.iterdir()}
-    assert {"config.yaml", "split.json", "summary.json", "progress.png", "checkpoints",
-            "logs", "val_pictures"} <= names
+    assert {
+        "config.yaml",
+        "split.json",
+        "summary.json",
+        "progress.png",
+        "checkpoints",
+        "logs",
+        "val_pictures",
+    } <= names
     config = yaml.safe_load((zoom_in_run / "config.yaml").read_text())
     assert config["stage"]["name"] == "zoom_in" and config["stage"]["crop_size"] == [16, 16, 16]
     split = json.loads((zoom_in_run / "split.json").read_text())
@@ -45,13 +49,20 @@ def test_run_folder_explains_itself(zoom_in_run):
     assert {"best.ckpt", "last.ckpt"} <= set(summary["checkpoints"])
     rows = list(csv.DictReader((zoom_in_run / "logs" / "metrics.csv").open()))
     logged = {k for row in rows for k, v in row.items() if v}
-    assert {"train/loss_step", "train/loss_epoch", "val/loss", "val/dsc", "lr-Adam",
-            "time/epoch_s"} <= logged
+    assert {
+        "train/loss_step",
+        "train/loss_epoch",
+        "val/loss",
+        "val/dsc",
+        "lr-Adam",
+        "time/epoch_s",
+    } <= logged
     pictures = sorted(p.name for p in (zoom_in_run / "val_pictures").glob("*.png"))
     assert pictures[:2] == [f"epoch000{e}_{split['val'][0]}.png" for e in (1, 2)]
     assert len(pictures) == 2  # the final stand-alone validation draws nothing
     hparams = torch.load(zoom_in_run / "checkpoints" / "last.ckpt", weights_only=True)[
-        "hyper_parameters"]
+        "hyper_parameters"
+    ]
     assert hparams["net"] == {"widths": [4, 8], "groups": 2, "checkpointing": False}
     assert hparams["preprocessing"]["intensity_divisor"] == 255.0
 
@@ -68,10 +79,17 @@ def test_learning_rate_restarts_every_period(zoom_in_run):
 
 def test_zoom_out_starts_from_zoom_in_weights_and_saves_snapshots(zoom_in_run, tiny_bids, tmp_path):
     ckpt = zoom_in_run / "checkpoints" / "last.ckpt"
-    cfg = compose_train(tmp_path / "zoom_out", tiny_bids, [
-        "stage=zoom_out", f"ckpt={ckpt}", "stage.crop_size=[24,28,20]", "stage.max_epochs=3",
-        "stage.snapshot_epochs=[1,3]",
-    ])
+    cfg = compose_train(
+        tmp_path / "zoom_out",
+        tiny_bids,
+        [
+            "stage=zoom_out",
+            f"ckpt={ckpt}",
+            "stage.crop_size=[24,28,20]",
+            "stage.max_epochs=3",
+            "stage.snapshot_epochs=[1,3]",
+        ],
+    )
     module = build_module(cfg, {})
     load_matching_weights(module, ckpt)
     zoom_in = _weights(ckpt)
@@ -91,10 +109,15 @@ def test_zoom_out_starts_from_zoom_in_weights_and_saves_snapshots(zoom_in_run, t
 
 
 def test_mismatched_checkpoint_is_refused_not_partially_loaded(zoom_in_run, tiny_bids, tmp_path):
-    cfg = compose_train(tmp_path / "zoom_out", tiny_bids, [
-        "stage=zoom_out", f"ckpt={zoom_in_run / 'checkpoints' / 'last.ckpt'}",
-        "model.widths=[4,8,16]",
-    ])
+    cfg = compose_train(
+        tmp_path / "zoom_out",
+        tiny_bids,
+        [
+            "stage=zoom_out",
+            f"ckpt={zoom_in_run / 'checkpoints' / 'last.ckpt'}",
+            "model.widths=[4,8,16]",
+        ],
+    )
     with pytest.raises(StrokeSegError, match=r"does not fit this model.*widths.*\[4, 8\]"):
         run(cfg)
     assert not (tmp_path / "zoom_out" / "checkpoints").exists()
@@ -119,8 +142,13 @@ def test_resume_continues_exactly(tiny_bids, tmp_path):
     run(compose_train(straight, tiny_bids, ["stage.max_epochs=4"]))
     split = tmp_path / "split"
     run(compose_train(split, tiny_bids, ["stage.max_epochs=2"]))
-    run(compose_train(split, tiny_bids, [
-        "stage.max_epochs=4", f"resume={split / 'checkpoints' / 'last.ckpt'}"]))
+    run(
+        compose_train(
+            split,
+            tiny_bids,
+            ["stage.max_epochs=4", f"resume={split / 'checkpoints' / 'last.ckpt'}"],
+        )
+    )
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(split / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["epoch"] == b["epoch"] == 4 and a["global_step"] == b["global_step"] == 24
@@ -128,8 +156,9 @@ def test_resume_continues_exactly(tiny_bids, tmp_path):
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6)
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"]
     exp_avg = a["optimizer_states"][0]["state"][0]["exp_avg"]
-    torch.testing.assert_close(b["optimizer_states"][0]["state"][0]["exp_avg"], exp_avg,
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        b["optimizer_states"][0]["state"][0]["exp_avg"], exp_avg, rtol=0, atol=1e-6
+    )
     history = torch.load(split / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
     progress = next(v for k, v in history.items() if "ProgressPlot" in k)["history"]
     assert [row["epoch"] for row in progress] == [1, 2, 3, 4]
@@ -146,18 +175,12 @@ def test_wandb_logger_writes_an_offline_run(tiny_bids, tmp_path, monkeypatch):
     assert (run_dir / "logs" / "metrics.csv").exists()  # CSV stays on beside wandb
 
 
-def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
 def test_cli_user_errors_are_one_sentence(tmp_path):
-    missing = _cli(f"paths.runs_dir={tmp_path}", f"data.root={tmp_path / 'absent'}")
+    missing = run_train_cli(f"paths.runs_dir={tmp_path}", f"data.root={tmp_path / 'absent'}")
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1].startswith(f"error: data.root {tmp_path}")
     assert "Traceback" not in missing.stderr
-    no_ckpt = _cli(f"paths.runs_dir={tmp_path}", "stage=zoom_out")
+    no_ckpt = run_train_cli(f"paths.runs_dir={tmp_path}", "stage=zoom_out")
     assert no_ckpt.returncode == 2
     assert "error: stage=zoom_out starts from the zoom-in weights: pass ckpt=" in no_ckpt.stderr
     assert not any(tmp_path.rglob("*.ckpt"))
@@ -167,8 +190,15 @@ def test_cli_user_errors_are_one_sentence(tmp_path):
 def test_multirun_over_two_seeds(tiny_bids, tmp_path):
     from tests.conftest import TINY_TRAIN_OVERRIDES
 
-    result = _cli("-m", *TINY_TRAIN_OVERRIDES, "seed=1,2", f"data.root={tiny_bids}",
-                  f"paths.runs_dir={tmp_path}", "name=sweep", "stage.max_epochs=1")
+    result = run_train_cli(
+        "-m",
+        *TINY_TRAIN_OVERRIDES,
+        "seed=1,2",
+        f"data.root={tiny_bids}",
+        f"paths.runs_dir={tmp_path}",
+        "name=sweep",
+        "stage.max_epochs=1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted((tmp_path / "sweep" / "multirun").glob("*_zoom_in"))
     assert [j.name for j in jobs] == ["0_zoom_in", "1_zoom_in"]

@@ -8,12 +8,21 @@ volume, and intensities are divided by 255. Foreground-biased crops are an optio
 the centre crop, scored as if every voxel outside it were predicted negative.
 
 Volumes are loaded once and kept in memory with MONAI's `CacheDataset` (the reference code
-re-read every NIfTI for every sample).
+re-read every NIfTI for every sample; `python -m stroke_seg.bench` measures the difference).
+
+Cross-validation: ``fold=K`` with ``n_folds`` re-cuts the training + validation subjects of
+the split into ``n_folds`` reproducible chunks and validates on chunk K; the test subjects
+never move (`stroke_seg.data.splits.fold_split`).
+
+Under DDP (``trainer=ddp``) each process draws its own share of every epoch's crops
+(`EpochSampler`) and validates its own share of the validation scans (`ShardSampler`); both
+are `DistributedSampler` subclasses, so Lightning uses them as they are.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +31,6 @@ import nibabel as nib
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import Sampler
 from monai.data import CacheDataset, DataLoader
 from monai.transforms import (
     CenterSpatialCropd,
@@ -38,10 +46,18 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
     SpatialPadd,
 )
+from torch.utils.data import DistributedSampler
 
 from stroke_seg.data.discovery import Case, discover
 from stroke_seg.data.io import load_case, spacing_of
-from stroke_seg.data.splits import PAPER_SPLIT, check_split, load_split, make_split, save_split
+from stroke_seg.data.splits import (
+    PAPER_SPLIT,
+    check_split,
+    fold_split,
+    load_split,
+    make_split,
+    save_split,
+)
 from stroke_seg.errors import StrokeSegError
 
 log = logging.getLogger(__name__)
@@ -90,32 +106,76 @@ class ForegroundIndicesd(MapTransform):
         return out
 
 
-class EpochSampler(Sampler):
+class EpochSampler(DistributedSampler):
     """Shuffles the training scans anew each epoch from (seed, epoch) alone and yields
-    ``(epoch, index)`` pairs, so that every crop is drawn from (seed, epoch, index) too.
+    ``(epoch, index)`` keys, so that every crop is drawn from (seed, epoch, index) too.
 
     A run resumed at an epoch boundary therefore sees exactly the crops the uninterrupted
     run would have seen, with any number of data-loader workers. Lightning calls
-    ``set_epoch`` at the start of every epoch (and wraps this sampler for DDP).
+    ``set_epoch`` at the start of every epoch.
+
+    With ``num_replicas`` processes (DDP), process ``rank`` takes every ``num_replicas``-th
+    key of the epoch's permutation, which is padded by wrapping around (as
+    `DistributedSampler`) so that every process makes the same number of steps; a padded
+    repeat of a scan gets the key ``(epoch, index, repeat)`` and so a crop of its own. One
+    epoch is still one crop per training scan, ``num_replicas`` crops per optimiser step.
+    Being a `DistributedSampler`, it is used by Lightning as it is, instead of being wrapped
+    in Lightning's `DistributedSamplerWrapper`, whose padding would repeat keys (the same
+    crop twice in an epoch).
     """
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(
+            range(n),
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=True,
+            seed=int(seed),
+            drop_last=False,
+        )
         self.n, self.seed, self.epoch = n, int(seed), 0
+        self.num_samples = math.ceil(n / num_replicas) if n else 0
+        self.total_size = self.num_samples * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.n
+        return self.num_samples
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-        return iter([(self.epoch, int(i)) for i in order])
+        keys: list[tuple[int, ...]] = []
+        for position in range(self.rank, self.total_size, self.num_replicas):
+            index, repeat = int(order[position % self.n]), position // self.n
+            keys.append((self.epoch, index) if repeat == 0 else (self.epoch, index, repeat))
+        return iter(keys)
+
+
+class ShardSampler(DistributedSampler):
+    """Validation scans in order, split across DDP processes without padding: process
+    ``rank`` takes indices ``rank, rank + num_replicas, ...``. With fewer scans than
+    processes every process validates all of them (repeats leave the mean unchanged).
+    Padding, as `DistributedSampler` does, would count some scans twice in val/dsc."""
+
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(
+            range(n), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False
+        )
+        self.n = n
+        self.indices = list(range(n)) if n < num_replicas else list(range(rank, n, num_replicas))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
 
 
 class EpochSeededCacheDataset(CacheDataset):
     """`CacheDataset` whose random transforms are re-seeded from (seed, epoch, index) for
-    every ``(epoch, index)`` key (see `EpochSampler`); plain integer keys behave as usual."""
+    every ``(epoch, index)`` key, or (seed, epoch, index, repeat) for an
+    ``(epoch, index, repeat)`` key (see `EpochSampler`); integer keys behave as usual."""
 
     def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -123,8 +183,9 @@ class EpochSeededCacheDataset(CacheDataset):
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, tuple):
-            epoch, index = key
-            sub_seed = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]
+            epoch, index, *repeat = key
+            entropy = [self.seed, epoch, index, *repeat]
+            sub_seed = np.random.SeedSequence(entropy).generate_state(1)[0]
             self.transform.set_random_state(seed=int(sub_seed))
             key = index
         return super().__getitem__(key)
@@ -164,10 +225,14 @@ class StrokeDataModule(pl.LightningDataModule):
         pin_memory: bool | None = None,
         run_dir: str | None = None,
         seed: int = 0,
+        fold: int | None = None,
+        n_folds: int = 5,
     ) -> None:
         super().__init__()
         if sampling not in ("uniform", "foreground"):
-            raise StrokeSegError(f"data.sampling={sampling!r} is not known; use uniform or foreground.")
+            raise StrokeSegError(
+                f"data.sampling={sampling!r} is not known; use uniform or foreground."
+            )
         if not 0.0 <= foreground_prob <= 1.0:
             raise StrokeSegError(f"data.foreground_prob={foreground_prob} must lie in [0, 1].")
         self.root = root
@@ -187,6 +252,8 @@ class StrokeDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.run_dir = run_dir
         self.seed = seed
+        self.fold = None if fold is None else int(fold)
+        self.n_folds = int(n_folds)
         self.cases: dict[str, Case] = {}
         self.split: dict[str, list[str]] = {}
         self.train_set: CacheDataset | None = None
@@ -216,14 +283,23 @@ class StrokeDataModule(pl.LightningDataModule):
             else:
                 split = make_split(list(self.cases), self.split_seed, self.split_proportions)
                 check_split(split, list(self.cases))
+            if self.fold is not None:
+                split = fold_split(split, self.fold, self.n_folds, self.split_seed)
             self.split = split
         return self.split
 
     def setup(self, stage: str | None = None) -> None:
         split = self.resolve_split()
         if self.run_dir:
-            save_split(split, Path(self.run_dir) / "split.json", root=str(self.root),
-                       seed=self.split_seed, source=self.split_file or "generated")
+            folds = {} if self.fold is None else {"fold": self.fold, "n_folds": self.n_folds}
+            save_split(
+                split,
+                Path(self.run_dir) / "split.json",
+                root=str(self.root),
+                seed=self.split_seed,
+                source=self.split_file or "generated",
+                **folds,
+            )
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = self._dataset(split["train"], self._train_transforms())
         if stage in (None, "fit", "validate") and self.val_set is None:
@@ -232,9 +308,15 @@ class StrokeDataModule(pl.LightningDataModule):
     def _dataset(self, subjects: Sequence[str], transform: Compose) -> CacheDataset:
         items = [{"case": self.cases[s]} for s in subjects]
         workers = self.cache_workers if self.cache_workers is not None else min(4, len(items))
-        return EpochSeededCacheDataset(items, transform, cache_rate=1.0, seed=self.seed,
-                                       num_workers=workers or None, progress=False,
-                                       copy_cache=False)
+        return EpochSeededCacheDataset(
+            items,
+            transform,
+            cache_rate=1.0,
+            seed=self.seed,
+            num_workers=workers or None,
+            progress=False,
+            copy_cache=False,
+        )
 
     def _load_and_scale(self) -> list:
         return [
@@ -258,13 +340,21 @@ class StrokeDataModule(pl.LightningDataModule):
         if self.sampling == "uniform":
             return Compose(steps + [uniform, self._PLAIN])
         foreground = RandCropByPosNegLabeld(
-            ["image", "label"], label_key="label", spatial_size=self.crop_size, pos=1.0,
-            neg=0.0, num_samples=1, fg_indices_key="fg_indices", bg_indices_key="bg_indices",
+            ["image", "label"],
+            label_key="label",
+            spatial_size=self.crop_size,
+            pos=1.0,
+            neg=0.0,
+            num_samples=1,
+            fg_indices_key="fg_indices",
+            bg_indices_key="bg_indices",
         )
-        pick = OneOf([foreground, uniform], weights=[self.foreground_prob, 1 - self.foreground_prob])
+        pick = OneOf(
+            [foreground, uniform], weights=[self.foreground_prob, 1 - self.foreground_prob]
+        )
         return Compose(
-            steps + [ForegroundIndicesd(), pick, DeleteItemsd(["fg_indices", "bg_indices"]),
-                     self._PLAIN]
+            steps
+            + [ForegroundIndicesd(), pick, DeleteItemsd(["fg_indices", "bg_indices"]), self._PLAIN]
         )
 
     def _eval_transforms(self) -> Compose:
@@ -273,12 +363,25 @@ class StrokeDataModule(pl.LightningDataModule):
             + [CenterSpatialCropd(["image", "label"], roi_size=self.eval_crop), self._PLAIN]
         )
 
+    def _replicas(self) -> tuple[int, int]:
+        """(number of processes, this process's rank) from the attached trainer, else (1, 0)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
     def _loader(self, dataset: CacheDataset, shuffle: bool) -> DataLoader:
         pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        world, rank = self._replicas()
+        sampler = (
+            EpochSampler(len(dataset), self.seed, world, rank)
+            if shuffle
+            else ShardSampler(len(dataset), world, rank)
+        )
         return DataLoader(
             dataset,
             batch_size=self.batch_size if shuffle else 1,
-            sampler=EpochSampler(len(dataset), self.seed) if shuffle else None,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=pin,

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stroke_seg.errors import StrokeSegError
+from stroke_seg.validation import check_unique_subjects
 
 ATLAS_HELP = (
-    "ATLAS needs a data-use agreement (https://fcon_1000.projects.nitrc.org/indi/retro/atlas.html); "
+    "ATLAS needs a data-use agreement "
+    "(https://fcon_1000.projects.nitrc.org/indi/retro/atlas.html); "
     "download it and point data.root at the folder, or make the synthetic set with "
     "`python -m stroke_seg.data.synthetic --out DIR` and use data=synthetic data.root=DIR"
 )
@@ -35,7 +37,9 @@ class Case:
     masks: tuple[Path, ...]
 
 
-_V2_T1 = re.compile(r"^(sub-[A-Za-z0-9]+)_ses-([A-Za-z0-9]+)_space-MNI152NLin2009aSym_T1w\.nii(\.gz)?$")
+_V2_T1 = re.compile(
+    r"^(sub-[A-Za-z0-9]+)_ses-([A-Za-z0-9]+)_space-MNI152NLin2009aSym_T1w\.nii(\.gz)?$"
+)
 
 
 def discover_atlas_v2(root: str | Path) -> list[Case]:
@@ -110,12 +114,5 @@ def _checked(cases: list[Case], root: Path, layout: str) -> list[Case]:
         raise StrokeSegError(
             f"data.root {root} holds no scans in the {layout} layout. {ATLAS_HELP}."
         )
-    seen: dict[str, Path] = {}
-    for case in cases:
-        if case.subject in seen:
-            raise StrokeSegError(
-                f"Subject ID {case.subject} appears twice under {root} "
-                f"({seen[case.subject]} and {case.image}); remove or rename one."
-            )
-        seen[case.subject] = case.image
+    check_unique_subjects(((c.subject, c.image) for c in cases), root)
     return sorted(cases, key=lambda c: c.subject)

@@ -4,6 +4,10 @@ The paper split 239 ATLAS R1.2 scans into 182 / 26 / 31 (Sec. 2.4); its subject 
 (Table E5) is not available, so a split is either a file the user supplies or one generated
 reproducibly from a seed with the paper's proportions. Every run writes the split it used
 into its run folder, so a result can always be traced to its subjects.
+
+Cross-validation (`fold_split`) re-cuts the train + val subjects of such a split into K
+folds; the test subjects stay where they are, so every fold model can be scored (and the
+fold models ensembled) on the same held-out scans (`stroke_seg.crossval`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,39 @@ def make_split(
         "test": sorted(shuffled[n - n_test :]),
     }
     return split
+
+
+def fold_split(
+    split: dict[str, list[str]], fold: int, n_folds: int, seed: int
+) -> dict[str, list[str]]:
+    """Fold ``fold`` of ``n_folds``-fold cross-validation over ``split``'s train + val subjects.
+
+    The pooled subjects are sorted, shuffled with ``seed`` and cut into ``n_folds`` chunks of
+    near-equal size (`numpy.array_split`); fold K validates on the K-th chunk and trains on
+    the others, so the folds' validation sets are disjoint and together cover the pool. The
+    test list is kept as it is.
+    """
+    n_folds, fold = int(n_folds), int(fold)
+    if n_folds < 2:
+        raise StrokeSegError(f"data.n_folds={n_folds}; cross-validation needs at least 2 folds.")
+    if not 0 <= fold < n_folds:
+        raise StrokeSegError(
+            f"data.fold={fold} must lie in 0..{n_folds - 1} (data.n_folds={n_folds})."
+        )
+    pool = sorted(set(split["train"]) | set(split["val"]))
+    if len(pool) < n_folds:
+        raise StrokeSegError(
+            f"data.n_folds={n_folds} is more than the {len(pool)} train + val subjects."
+        )
+    order = np.random.default_rng([int(seed), n_folds]).permutation(len(pool))
+    chunk = np.array_split(order, n_folds)[fold]
+    val = sorted(pool[i] for i in chunk)
+    held = set(val)
+    return {
+        "train": [s for s in pool if s not in held],
+        "val": val,
+        "test": sorted(split["test"]),
+    }
 
 
 def load_split(path: str | Path, subjects: Sequence[str] | None = None) -> dict[str, list[str]]:

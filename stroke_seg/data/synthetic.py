@@ -439,8 +439,6 @@ def plan_subject(index: int, seed: int) -> dict:
     }
 
 
-
-
 def subject_id(index: int) -> str:
     """BIDS subject label of subject ``index`` (0-based): index 0 -> ``sub-r001s001``,
     index 50 -> ``sub-r002s001`` (50 subjects per site)."""
@@ -611,8 +609,12 @@ def _summary(subjects: list[dict]) -> dict:
         counts[s["territory"]] = counts.get(s["territory"], 0) + 1
     return {
         "lesion_volume_mm3": {
-            "min": float(q[0]), "q1": float(q[1]), "median": float(q[2]),
-            "q3": float(q[3]), "max": float(q[4]), "mean": float(vols.mean()),
+            "min": float(q[0]),
+            "q1": float(q[1]),
+            "median": float(q[2]),
+            "q3": float(q[3]),
+            "max": float(q[4]),
+            "mean": float(vols.mean()),
         },
         "fraction_with_secondary_lesions": float(
             np.mean([s["n_lesions_placed"] > 1 for s in subjects])
@@ -770,16 +772,22 @@ def main(argv: list[str] | None = None) -> int:
         "--spacing", type=float, default=1.0, help="voxel size in mm, 1 (ATLAS grid) to 4"
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="write into a non-empty folder that is not a "
-        "synthetic set (same-named files are replaced)"
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty folder that is not a "
+        "synthetic set (same-named files are replaced)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     with exit_on_user_error():
         start = time.perf_counter()
         out = generate_dataset(
-            args.out, args.n, seed=args.seed, spacing=args.spacing,
-            overwrite=args.overwrite, progress=not args.quiet,
+            args.out,
+            args.n,
+            seed=args.seed,
+            spacing=args.spacing,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
         )
         elapsed = time.perf_counter() - start
         manifest = _read_manifest(out) or {}

@@ -1,0 +1,166 @@
+"""Speed options (channels-last, torch.compile) and the benchmark's machinery (not its numbers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from stroke_seg.bench import (
+    OPTIONS,
+    SECTIONS,
+    TARGETS,
+    count_train_flops,
+    synthetic_cases,
+    target_values,
+)
+from stroke_seg.errors import StrokeSegError
+from stroke_seg.inference import load_model
+from stroke_seg.lit_module import LesionSegModule, check_speed
+from stroke_seg.train import run
+from tests.conftest import REPO, compose_train
+
+NET = {"widths": [4, 8], "groups": 2}
+LOSS = {"bce_weight": 0.1, "dice_weight": 0.9}
+
+
+def test_speed_options_default_off_and_unknown_keys_refused():
+    assert check_speed(None) == {
+        "channels_last": False,
+        "compile": False,
+        "compile_mode": "default",
+    }
+    with pytest.raises(StrokeSegError, match="speed.chanels_last is not a speed option"):
+        check_speed({"chanels_last": True})
+
+
+def test_channels_last_changes_layout_not_results_or_weight_names():
+    torch.manual_seed(0)
+    plain = LesionSegModule(net=NET, loss=LOSS, optim={"lr": 1e-3})
+    fast = LesionSegModule(net=NET, loss=LOSS, optim={"lr": 1e-3}, speed={"channels_last": True})
+    fast.load_state_dict(plain.state_dict())
+    fast.configure_model()
+    fast.configure_model()  # idempotent (Lightning calls it for fit and validate)
+    assert fast.net.stem.conv1.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    x = torch.rand(1, 1, 16, 12, 8)
+    torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+def test_training_with_channels_last_writes_loadable_checkpoints(tiny_bids, tmp_path):
+    run_dir = tmp_path / "cl"
+    run(compose_train(run_dir, tiny_bids, ["speed.channels_last=true", "stage.max_epochs=1"]))
+    loaded = load_model(run_dir / "checkpoints" / "last.ckpt")
+    assert loaded.net.stem.conv1.weight.shape[0] == 4
+
+
+@pytest.mark.slow
+def test_training_with_torch_compile(tiny_bids, tmp_path):
+    """torch.compile (inductor; needs a C++ compiler on CPU): compiled in place, so the
+    checkpoint keeps plain weight names and loads for inference."""
+    run_dir = tmp_path / "compiled"
+    dsc = run(
+        compose_train(
+            run_dir,
+            tiny_bids,
+            ["speed.compile=true", "stage.max_epochs=1", "trainer.check_val_every_n_epoch=2"],
+        )
+    )
+    assert 0.0 <= dsc <= 1.0
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(k.startswith("net.") and "_orig_mod" not in k for k in state)
+    load_model(run_dir / "checkpoints" / "last.ckpt")
+
+
+def test_flop_count_matches_a_hand_count_for_the_stem_convolution():
+    """FlopCounterMode counts 2·k³·C_in·C_out per output voxel for a convolution; check the
+    count grows linearly with the crop and is about 3x the forward for a training step."""
+    small = count_train_flops([4, 8], 2, [16, 16, 16])
+    big = count_train_flops([4, 8], 2, [32, 16, 16])
+    assert big["forward"] == pytest.approx(2 * small["forward"], rel=1e-6)
+    # backward ≈ 2 x forward (input and weight gradients; the stem's input needs none)
+    assert 2.5 < small["train_step"] / small["forward"] <= 3.0
+    stem = 2 * 27 * 1 * 4 * 16**3 + 2 * 27 * 4 * 4 * 16**3  # the stem's two 3x3x3 convs
+    assert small["forward"] > stem
+
+
+def test_synthetic_evaluation_cases_are_realistic():
+    cases = synthetic_cases(5, (40, 48, 36), seed=1)
+    for pred, ref, prob in cases:
+        assert pred.shape == ref.shape == prob.shape == (40, 48, 36)
+        assert ref.sum() > 0 and pred.sum() > 0 and 0.0 <= prob.min() and prob.max() <= 1.0
+        assert (pred == (prob > 0.5)).all()
+
+
+def test_targets_are_judged():
+    results = {
+        "data": {"ratio_cached_vs_nifti": 12.0},
+        "inference": {"centre_crop_s": 61.0},
+        "evaluation": {"total_s": 3.0},
+        "train": [],
+    }
+    targets = target_values(results)
+    assert set(targets) == set(TARGETS)
+    assert targets["data_cached_vs_nifti_ratio"]["met"] is True
+    assert targets["inference_centre_crop_s"]["met"] is False
+    assert targets["demo_zoom_in_step_s"] == {"value": None, "target": "< 1", "met": None}
+
+
+def test_quick_benchmark_writes_results_with_the_expected_keys(tmp_path):
+    """`python -m stroke_seg.bench --quick` (what `make bench` runs, with tiny sizes)."""
+    out = tmp_path / "bench" / "results.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stroke_seg.bench", "--quick", "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "targets (2-core CPU):" in proc.stdout
+    results = json.loads(out.read_text())
+    assert {
+        "command",
+        "quick",
+        "machine",
+        "presets",
+        "matmul_peak",
+        *SECTIONS,
+        "targets",
+        "total_s",
+    } <= set(results)
+    assert results["quick"] is True and results["machine"]["device"] == "cpu"
+    assert results["matmul_peak"]["fp32_flops"] > 0
+    train = results["train"]
+    assert {(r["preset"], r["crop_name"], r["option"]) for r in train} == {
+        (p, c, o) for p in ("demo", "paper") for c in ("zoom_in", "zoom_out") for o in OPTIONS
+    }
+    for row in train:
+        assert row["status"] in ("ok", "skipped", "failed")
+        if row["status"] == "ok":
+            assert {
+                "step_s",
+                "crops_per_s",
+                "voxels_per_s",
+                "achieved_flops",
+                "flop_fraction_of_peak",
+                "flops_per_step",
+            } <= set(row)
+        else:
+            assert row["reason"]
+    assert any(r["status"] == "ok" and r["option"] == "fp32" for r in train)
+    memory = results["memory"]
+    assert {(r["crop_name"], r["checkpointing"]) for r in memory} == {
+        (c, k) for c in ("zoom_in", "zoom_out") for k in (False, True)
+    }
+    assert all(r["step_memory_gb"] > 0 for r in memory if r["status"] == "ok")
+    assert results["data"]["ratio_cached_vs_nifti"] > 0
+    assert {"centre_crop_s", "sliding_window_s"} <= set(results["inference"])
+    assert results["evaluation"]["n_scans"] == 31 and results["evaluation"]["n_resamples"] == 1000
+    assert set(results["targets"]) == set(TARGETS)
