@@ -235,11 +235,12 @@ def score_models(
     output: Path,
     figures: bool,
     prefix: Mapping[str, str],
+    mask_threshold: float | None = None,
 ) -> list[Scored]:
     """Predict every case with every model (each scan is loaded once) and score it."""
     scored = {name: Scored(name, [], []) for name in predictors}
     for case in tqdm(cases, desc="evaluate", unit="scan"):
-        loaded = load_case(case)
+        loaded = load_case(case, mask_threshold)
         for name, predictor in predictors.items():
             result = predictor.predict(loaded["image"], loaded["affine"])
             ref, spacing = loaded["label"], loaded["spacing"]
@@ -273,7 +274,12 @@ def _load_on_grid(path: Path, loaded: Mapping[str, Any], case: Case) -> np.ndarr
 
 
 def score_folder(
-    predictions: Path, cases: Sequence[Case], policy: EmptyPolicy, output: Path, figures: bool
+    predictions: Path,
+    cases: Sequence[Case],
+    policy: EmptyPolicy,
+    output: Path,
+    figures: bool,
+    mask_threshold: float | None = None,
 ) -> Scored:
     """Score `<id>_lesion_mask.nii.gz` files (id = subject ID or the T1 file's name without
     .nii/.nii.gz, as predict.py names them) against the references of `cases`; a matching
@@ -300,7 +306,7 @@ def score_folder(
         )
     result = Scored(predictions.name or "predictions", [], [])
     for case in tqdm(todo, desc="evaluate", unit="scan"):
-        loaded = load_case(case)
+        loaded = load_case(case, mask_threshold)
         pred = _load_on_grid(matched[case.subject], loaded, case)
         prob_path = _find_prediction(predictions, case, PROB_SUFFIX)
         prob = None if prob_path is None else _load_on_grid(prob_path, loaded, case)
@@ -364,7 +370,9 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
             ("predictions", str(cfg.predictions)),
             ("labels", f"{cfg.labels} (layout {cfg.data.layout})"),
         ]
-        result = score_folder(Path(cfg.predictions), cases, policy, output, figures)
+        result = score_folder(
+            Path(cfg.predictions), cases, policy, output, figures, cfg.data.get("mask_threshold")
+        )
         results, prefix = [result], {result.name: ""}
     else:
         sets = model_sets(cfg)
@@ -392,7 +400,9 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
             ("preprocessing", str(first.preprocessing)),
         ]
         log.info("Evaluating %d models on %d scans (%s)", len(sets), len(cases), source)
-        results = score_models(cases, predictors, policy, output, figures, prefix)
+        results = score_models(
+            cases, predictors, policy, output, figures, prefix, cfg.data.get("mask_threshold")
+        )
         modes = sorted({r["mode"] for res in results for r in res.rows})
         facts.append(("spatial strategy used", ", ".join(modes)))
     facts.append(("empty-mask policy", policy.name))

@@ -194,3 +194,21 @@ def test_crops_depend_only_on_seed_epoch_and_index(tiny_bids):
     sampler.set_epoch(5)
     assert list(sampler) == first and {i for _, i in first} == set(range(6))
     assert {e for e, _ in first} == {5}
+
+
+def test_probability_masks_need_data_mask_threshold(tmp_path):
+    """A mask holding probabilities is refused, or read as mask > data.mask_threshold."""
+    rng = np.random.default_rng(5)
+    for i in range(1, 4):
+        image, mask = tiny_scan(rng)
+        t1, lab = bids_paths(tmp_path, "R001", f"sub-r001s{i:03d}")
+        write_nifti(t1, image)
+        write_nifti(lab, mask * rng.uniform(0.3, 1.0, mask.shape).astype(np.float32))
+    with pytest.raises(StrokeSegError, match=r"mask.nii.gz .*mask_threshold"):
+        _datamodule(tmp_path, split_proportions=(1, 1, 1))
+    dm = _datamodule(tmp_path, split_proportions=(1, 1, 1), mask_threshold=0.5)
+    val = next(iter(dm.val_dataloader()))
+    case = dm.cases[val["subject"][0]]
+    soft = load_case(case, mask_threshold=0.5)["label"]
+    assert set(np.unique(soft)) <= {0, 1}
+    assert float(val["label_total"][0]) == soft.sum() > 0

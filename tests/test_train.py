@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -209,3 +210,15 @@ def test_multirun_over_two_seeds(tiny_bids, tmp_path):
         assert json.loads((job / "summary.json").read_text())["epochs"] == 1
     w1, w2 = (_weights(j / "checkpoints" / "last.ckpt") for j in jobs)
     assert any(not torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_bad_mask_stops_training_with_the_file_named(tmp_path):
+    """An error raised inside MONAI's caching reaches the user as our one sentence."""
+    from tests.conftest import bids_paths, make_bids_tree, write_nifti
+
+    root = make_bids_tree(tmp_path / "bids", n=4)
+    _, mask = bids_paths(root, "R001", "sub-r001s002")
+    write_nifti(mask, np.zeros((5, 5, 5), np.uint8))
+    with pytest.raises(StrokeSegError, match=r"sub-r001s002.*mask.nii.gz has shape \(5, 5, 5\)"):
+        run(compose_train(tmp_path / "run", root, ["data.split_proportions=[2,1,1]"]))
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -70,11 +70,12 @@ class LoadCased(MapTransform):
     check that an image and its masks share a grid; see `stroke_seg.data.io`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mask_threshold: float | None = None) -> None:
         super().__init__(keys=["case"])
+        self.mask_threshold = mask_threshold
 
     def __call__(self, data: dict) -> dict:
-        loaded = load_case(data["case"])
+        loaded = load_case(data["case"], self.mask_threshold)
         return {
             "subject": loaded["subject"],
             "image": loaded["image"],
@@ -227,6 +228,7 @@ class StrokeDataModule(pl.LightningDataModule):
         seed: int = 0,
         fold: int | None = None,
         n_folds: int = 5,
+        mask_threshold: float | None = None,
     ) -> None:
         super().__init__()
         if sampling not in ("uniform", "foreground"):
@@ -252,6 +254,7 @@ class StrokeDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.run_dir = run_dir
         self.seed = seed
+        self.mask_threshold = mask_threshold
         self.fold = None if fold is None else int(fold)
         self.n_folds = int(n_folds)
         self.cases: dict[str, Case] = {}
@@ -308,19 +311,29 @@ class StrokeDataModule(pl.LightningDataModule):
     def _dataset(self, subjects: Sequence[str], transform: Compose) -> CacheDataset:
         items = [{"case": self.cases[s]} for s in subjects]
         workers = self.cache_workers if self.cache_workers is not None else min(4, len(items))
-        return EpochSeededCacheDataset(
-            items,
-            transform,
-            cache_rate=1.0,
-            seed=self.seed,
-            num_workers=workers or None,
-            progress=False,
-            copy_cache=False,
-        )
+        try:
+            return EpochSeededCacheDataset(
+                items,
+                transform,
+                cache_rate=1.0,
+                seed=self.seed,
+                num_workers=workers or None,
+                progress=False,
+                copy_cache=False,
+            )
+        except RuntimeError as err:
+            # MONAI wraps errors raised inside a transform ("applying transform ..."); a
+            # bad file must still reach the user as our one-sentence StrokeSegError.
+            cause: BaseException | None = err
+            while cause is not None and not isinstance(cause, StrokeSegError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
 
     def _load_and_scale(self) -> list:
         return [
-            LoadCased(),
+            LoadCased(self.mask_threshold),
             EnsureChannelFirstd(["image", "label"], channel_dim="no_channel"),
             intensity_transform(self.intensity_mode, self.intensity_divisor),
         ]
