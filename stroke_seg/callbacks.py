@@ -88,22 +88,32 @@ class ProgressPlot(pl.Callback):
     the whole curve whichever logger is used.
     """
 
-    KEYS = ("train/loss_epoch", "val/loss", "val/dsc")
+    TRAIN_KEYS = ("train/loss_epoch",)
+    VAL_KEYS = ("val/loss", "val/dsc")
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.history: list[dict[str, float]] = []
+        self._lr_at_start = float("nan")
+        self._validated = False
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = False
+        if trainer.optimizers:
+            self._lr_at_start = float(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validated = not trainer.sanity_checking
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
-        row: dict[str, float] = {"epoch": trainer.current_epoch + 1}
-        for key in self.KEYS:
-            if key in metrics:
-                row[key] = float(metrics[key])
-        if trainer.optimizers:
-            row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        # Validation values only for epochs that validated: callback_metrics keeps the last
+        # ones, which would otherwise be drawn again at every epoch in between.
+        keys = self.TRAIN_KEYS + (self.VAL_KEYS if self._validated else ())
+        row: dict[str, float] = {"epoch": trainer.current_epoch + 1, "lr": self._lr_at_start}
+        row.update({key: float(metrics[key]) for key in keys if key in metrics})
         self.history.append(row)
         self._draw()
 

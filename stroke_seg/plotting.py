@@ -19,19 +19,24 @@ import numpy as np  # noqa: E402
 def plot_progress(history: Sequence[Mapping[str, float]], path: str | Path) -> Path:
     """Loss, validation DSC and learning rate against epoch (like nnU-Net's progress.png)."""
     path = Path(path)
-    epochs = [h["epoch"] for h in history]
+
+    def series(key: str) -> tuple[list[float], list[float]]:
+        """(epochs, values) of the epochs that recorded ``key`` (validation is not every
+        epoch), so each curve joins its own points."""
+        rows = [h for h in history if not math.isnan(h.get(key, math.nan))]
+        return [h["epoch"] for h in rows], [h[key] for h in rows]
+
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for key, style in (("train/loss_epoch", "-"), ("val/loss", "--")):
-        values = [h.get(key, math.nan) for h in history]
-        axes[0].plot(epochs, values, style, label=key)
+    for key, style in (("train/loss_epoch", "-"), ("val/loss", "o--")):
+        axes[0].plot(*series(key), style, label=key)
     axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
     axes[0].legend()
-    axes[1].plot(epochs, [h.get("val/dsc", math.nan) for h in history], "o-", color="tab:green")
+    axes[1].plot(*series("val/dsc"), "o-", color="tab:green")
     axes[1].set(
         xlabel="epoch", ylabel="DSC", title="validation DSC (centre crop, full volume)", ylim=(0, 1)
     )
-    axes[2].plot(epochs, [h.get("lr", math.nan) for h in history], color="tab:orange")
-    axes[2].set(xlabel="epoch", ylabel="learning rate", title="learning rate (epoch end)")
+    axes[2].plot(*series("lr"), color="tab:orange")
+    axes[2].set(xlabel="epoch", ylabel="learning rate", title="learning rate (epoch start)")
     fig.tight_layout()
     _save(fig, path)
     return path

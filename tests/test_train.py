@@ -89,6 +89,7 @@ def test_zoom_out_starts_from_zoom_in_weights_and_saves_snapshots(zoom_in_run, t
             "stage.crop_size=[24,28,20]",
             "stage.max_epochs=3",
             "stage.snapshot_epochs=[1,3]",
+            "trainer.check_val_every_n_epoch=2",
         ],
     )
     module = build_module(cfg, {})
@@ -107,6 +108,10 @@ def test_zoom_out_starts_from_zoom_in_weights_and_saves_snapshots(zoom_in_run, t
     # fine-tuning changed the weights
     last = _weights(tmp_path / "zoom_out" / "checkpoints" / "last.ckpt")
     assert not all(torch.equal(v, zoom_in[k]) for k, v in last.items())
+    # the progress history holds validation values only for the epoch that validated
+    state = torch.load(tmp_path / "zoom_out" / "checkpoints" / "last.ckpt", weights_only=True)
+    progress = next(v for k, v in state["callbacks"].items() if "ProgressPlot" in k)["history"]
+    assert [("val/dsc" in row) for row in progress] == [False, True, False]
 
 
 def test_mismatched_checkpoint_is_refused_not_partially_loaded(zoom_in_run, tiny_bids, tmp_path):
@@ -163,6 +168,8 @@ def test_resume_continues_exactly(tiny_bids, tmp_path):
     history = torch.load(split / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
     progress = next(v for k, v in history.items() if "ProgressPlot" in k)["history"]
     assert [row["epoch"] for row in progress] == [1, 2, 3, 4]
+    assert [row["lr"] for row in progress] == pytest.approx([1e-3] * 4)  # restart each epoch
+    assert all("val/dsc" in row for row in progress)
 
 
 def test_wandb_logger_writes_an_offline_run(tiny_bids, tmp_path, monkeypatch):
