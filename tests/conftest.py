@@ -92,15 +92,21 @@ def compose_train(run_dir: Path, data_root: Path, overrides: list[str] = ()) -> 
     return cfg
 
 
-def run_train_cli(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python train.py ARGS`` in a subprocess, as a user runs it (for multiruns, DDP, CLI
-    errors); output captured as text."""
+def run_entry_point(
+    script: str, *args: str, cwd: Path = REPO, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """``python <script> ARGS`` (train.py, evaluate.py, predict.py) in a subprocess, as a
+    user runs it (for multiruns, DDP, CLI errors); output captured as text."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_SILENT": "true"}
     return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
+        [sys.executable, str(REPO / script), *args],
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_train_cli(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+    return run_entry_point("train.py", *args, cwd=cwd, timeout=timeout)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -24,7 +22,14 @@ from stroke_seg.evaluate import run
 from stroke_seg.metrics import SCAN_METRIC_KEYS
 from stroke_seg.report import TABLE2_HEADER
 from stroke_seg.train import run as train
-from tests.conftest import CONF_DIR, REPO, TINY_AFFINE, compose_train, write_nifti
+from tests.conftest import (
+    CONF_DIR,
+    REPO,
+    TINY_AFFINE,
+    compose_train,
+    run_entry_point,
+    write_nifti,
+)
 
 FAST = ["device=cpu", "mode=centre_crop", "bootstrap.n_resamples=200"]
 CI_CELL = re.compile(r"\d\.\d\d \(\d\.\d\d–\d\.\d\d\)")
@@ -80,15 +85,7 @@ def test_checkpoint_on_the_test_split_end_to_end(trained, tiny_bids, tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, str(REPO / "evaluate.py"), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_entry_point("evaluate.py", *args)
 
 
 def test_cli_compares_a_model_with_an_ensemble(trained, tiny_bids, tmp_path):

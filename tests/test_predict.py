@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -20,7 +18,7 @@ from stroke_seg.errors import StrokeSegError
 from stroke_seg.lit_module import LesionSegModule
 from stroke_seg.metrics import CONNECTIVITY_26
 from stroke_seg.predict import run
-from tests.conftest import CONF_DIR, REPO, tiny_scan, write_nifti
+from tests.conftest import CONF_DIR, run_entry_point, tiny_scan, write_nifti
 
 PRE = {
     "intensity_mode": "divide",
@@ -62,15 +60,7 @@ def compose_predict(overrides: list[str]) -> DictConfig:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, str(REPO / "predict.py"), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_entry_point("predict.py", *args)
 
 
 def _files(folder: Path) -> list[str]:
