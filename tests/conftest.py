@@ -110,3 +110,24 @@ def run_entry_point(
 
 def run_train_cli(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
     return run_entry_point("train.py", *args, cwd=cwd, timeout=timeout)
+
+
+def save_module_checkpoint(
+    path: Path, preprocessing: dict, widths=(4, 8), seed: int = 0, **extra: object
+) -> Path:
+    """What Lightning writes for a freshly built LesionSegModule (its state_dict and
+    hyper-parameters, plus any ``extra`` keys), without training it."""
+    import torch
+
+    from stroke_seg.lit_module import LesionSegModule
+
+    torch.manual_seed(seed)
+    module = LesionSegModule(
+        net={"widths": list(widths), "groups": 2, "checkpointing": False},
+        loss={"bce_weight": 0.1, "dice_weight": 0.9, "smooth": 1.0},
+        optim={"lr": 1e-3},
+        preprocessing=preprocessing,
+    )
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    torch.save({**checkpoint, **extra}, path)
+    return path

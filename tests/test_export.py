@@ -18,9 +18,8 @@ from safetensors.torch import save_file
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.export import export_safetensors, main
 from stroke_seg.inference import load_model
-from stroke_seg.lit_module import LesionSegModule
 from stroke_seg.predict import run as predict
-from tests.conftest import CONF_DIR, REPO, tiny_scan, write_nifti
+from tests.conftest import CONF_DIR, REPO, save_module_checkpoint, tiny_scan, write_nifti
 
 PRE = {
     "intensity_mode": "divide",
@@ -35,22 +34,13 @@ PRE = {
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     """What Lightning writes for a LesionSegModule (state_dict, hyper-parameters, more)."""
-    torch.manual_seed(1)
-    module = LesionSegModule(
-        net={"widths": [4, 8], "groups": 2, "checkpointing": False},
-        loss={"bce_weight": 0.1, "dice_weight": 0.9, "smooth": 1.0},
-        optim={"lr": 1e-3},
-        preprocessing=PRE,
+    return save_module_checkpoint(
+        tmp_path_factory.mktemp("export") / "last.ckpt",
+        PRE,
+        seed=1,
+        epoch=3,
+        optimizer_states=[{"state": {}, "param_groups": []}],
     )
-    path = tmp_path_factory.mktemp("export") / "last.ckpt"
-    checkpoint = {
-        "state_dict": module.state_dict(),
-        "hyper_parameters": dict(module.hparams),
-        "epoch": 3,
-        "optimizer_states": [{"state": {}, "param_groups": []}],
-    }
-    torch.save(checkpoint, path)
-    return path
 
 
 def _predict(model: Path, scan: Path, out: Path) -> None:

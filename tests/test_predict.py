@@ -15,10 +15,9 @@ from omegaconf import DictConfig
 from scipy import ndimage
 
 from stroke_seg.errors import StrokeSegError
-from stroke_seg.lit_module import LesionSegModule
 from stroke_seg.metrics import CONNECTIVITY_26
 from stroke_seg.predict import run
-from tests.conftest import CONF_DIR, run_entry_point, tiny_scan, write_nifti
+from tests.conftest import CONF_DIR, run_entry_point, save_module_checkpoint, tiny_scan, write_nifti
 
 PRE = {
     "intensity_mode": "divide",
@@ -31,16 +30,7 @@ LPS_AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, -1.5, 0, 30.0], [0, 0, 1.5, -5.0]
 
 
 def _module_ckpt(path: Path, widths=(4, 8)) -> Path:
-    """What Lightning writes for a LesionSegModule: its state_dict and hyper-parameters."""
-    torch.manual_seed(0)
-    module = LesionSegModule(
-        net={"widths": list(widths), "groups": 2, "checkpointing": False},
-        loss={"bce_weight": 0.1, "dice_weight": 0.9, "smooth": 1.0},
-        optim={"lr": 1e-3},
-        preprocessing=PRE,
-    )
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return path
+    return save_module_checkpoint(path, PRE, widths)
 
 
 @pytest.fixture(scope="module")

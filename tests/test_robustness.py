@@ -31,7 +31,6 @@ from stroke_seg.callbacks import FiniteLossGuard
 from stroke_seg.checkpoints import load_matching_weights, read_checkpoint
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.evaluate import run as evaluate
-from stroke_seg.lit_module import LesionSegModule
 from stroke_seg.losses import BCEDiceLoss
 from stroke_seg.predict import run as predict
 from stroke_seg.safe_io import AtomicCheckpointIO, safe_output_path
@@ -41,6 +40,7 @@ from tests.conftest import (
     REPO,
     TINY_TRAIN_OVERRIDES,
     compose_train,
+    save_module_checkpoint,
     tiny_scan,
     write_nifti,
 )
@@ -61,16 +61,7 @@ def _compose(name: str, overrides: list[str]) -> DictConfig:
 
 
 def module_ckpt(path: Path) -> Path:
-    """What Lightning writes for a LesionSegModule: its state_dict and hyper-parameters."""
-    torch.manual_seed(0)
-    module = LesionSegModule(
-        net={"widths": [4, 8], "groups": 2, "checkpointing": False},
-        loss={"bce_weight": 0.1, "dice_weight": 0.9, "smooth": 1.0},
-        optim={"lr": 1e-3},
-        preprocessing=PRE,
-    )
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
-    return path
+    return save_module_checkpoint(path, PRE)
 
 
 def _digest(folder: Path) -> dict[str, str]:
