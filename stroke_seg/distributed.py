@@ -19,6 +19,7 @@ validation of `stroke_seg.train.run` in the main process would not see the run.
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
@@ -32,6 +33,18 @@ def is_rank_zero() -> bool:
     """True in the process of global rank 0 (or when not distributed); Lightning reads the
     rank from the launcher's environment (RANK, LOCAL_RANK, SLURM_PROCID, ...)."""
     return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def close_process_group() -> None:
+    """Destroy the default process group, if one was started, before the interpreter exits.
+
+    Lightning leaves the group open after ``fit``; a gloo group whose worker threads are
+    still alive at interpreter shutdown aborts the process ("terminate called without an
+    active exception", exit -6) even though training finished. PyTorch asks applications to
+    call ``destroy_process_group`` themselves (pytorch/pytorch#190489).
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def starts_own_processes(trainer: pl.Trainer) -> bool:

@@ -22,7 +22,7 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from stroke_seg.callbacks import FiniteLossGuard, call_logger, guard_logger
 from stroke_seg.checkpoints import load_matching_weights, read_checkpoint
 from stroke_seg.data.datamodule import StrokeDataModule
-from stroke_seg.distributed import check_launch, is_rank_zero
+from stroke_seg.distributed import check_launch, close_process_group, is_rank_zero
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.lit_module import LesionSegModule
 from stroke_seg.safe_io import AtomicCheckpointIO
@@ -148,8 +148,11 @@ def run(cfg: DictConfig) -> float:
     )
 
     started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
-    final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
+        final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    finally:
+        close_process_group()
     val_dsc = float(final.get("val/dsc", float("nan")))
     if trainer.is_global_zero:
         write_summary(run_dir, cfg, trainer, module, val_dsc, time.time() - started)
