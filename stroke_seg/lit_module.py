@@ -66,6 +66,7 @@ class LesionSegModule(pl.LightningModule):
         # Epoch means over all validation scans of all ranks: torchmetrics reduces sums and
         # counts across processes, so under DDP with shards of unequal size val/dsc is still
         # the mean over scans (a mean of per-rank means would not be).
+        self.train_loss = MeanMetric()
         self.val_dsc = MeanMetric()
         self.val_loss = MeanMetric()
         # The first validation case of the epoch, kept for pictures (ValidationPicture).
@@ -99,16 +100,11 @@ class LesionSegModule(pl.LightningModule):
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["label"].float())
         bs = batch["image"].shape[0]
-        # sync_dist: under DDP the epoch mean is taken over every process's crops.
-        self.log(
-            "train/loss",
-            loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=bs,
-            sync_dist=True,
-        )
+        # The step value is this process's own; the epoch mean is a metric object, reduced over
+        # the processes once per epoch under DDP (not an all-reduce every step).
+        self.train_loss.update(loss.detach().float(), weight=bs)
+        self.log("train/loss_step", loss.detach(), on_step=True, prog_bar=True, batch_size=bs)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, batch_size=bs)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
