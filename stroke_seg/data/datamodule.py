@@ -4,8 +4,10 @@ Training follows the paper (Sec. 2.3, Table 1; REFERENCE_NOTES "Optimisation"): 
 is one random crop from each training scan, the crop size comes from the training stage
 (128³ zoom-in, 144×172×168 zoom-out at 1 mm), crop positions are uniform anywhere in the
 volume, and intensities are divided by 255. Foreground-biased crops are an option
-(``sampling=foreground``), off by default. Validation uses the paper's evaluation input:
-the centre crop, scored as if every voxel outside it were predicted negative.
+(``sampling=foreground``), off by default, and so is augmentation of the crops
+(``augmentation=standard``, `stroke_seg.data.augment`; the paper had none). Validation uses
+the paper's evaluation input: the centre crop, scored as if every voxel outside it were
+predicted negative.
 
 Volumes are loaded once and kept in memory with MONAI's `CacheDataset` (the reference code
 re-read every NIfTI for every sample; `python -m stroke_seg.bench` measures the difference).
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ from monai.transforms import (
 )
 from torch.utils.data import DistributedSampler
 
+from stroke_seg.data.augment import augmentation_transforms
 from stroke_seg.data.discovery import Case, discover
 from stroke_seg.data.io import load_case, spacing_of
 from stroke_seg.data.splits import (
@@ -229,6 +232,7 @@ class StrokeDataModule(pl.LightningDataModule):
         fold: int | None = None,
         n_folds: int = 5,
         mask_threshold: float | None = None,
+        augmentation: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if sampling not in ("uniform", "foreground"):
@@ -255,6 +259,8 @@ class StrokeDataModule(pl.LightningDataModule):
         self.run_dir = run_dir
         self.seed = seed
         self.mask_threshold = mask_threshold
+        self.augmentation = dict(augmentation or {})
+        augmentation_transforms(self.augmentation)  # a bad setting fails here, before training
         self.fold = None if fold is None else int(fold)
         self.n_folds = int(n_folds)
         self.cases: dict[str, Case] = {}
@@ -350,8 +356,10 @@ class StrokeDataModule(pl.LightningDataModule):
         uniform = RandSpatialCropSamplesd(
             ["image", "label"], roi_size=self.crop_size, num_samples=1, random_size=False
         )
+        # After the crop: augmentation works on the crop's voxels only (stroke_seg.data.augment).
+        augment = augmentation_transforms(self.augmentation)
         if self.sampling == "uniform":
-            return Compose(steps + [uniform, self._PLAIN])
+            return Compose(steps + [uniform, *augment, self._PLAIN])
         foreground = RandCropByPosNegLabeld(
             ["image", "label"],
             label_key="label",
@@ -367,7 +375,8 @@ class StrokeDataModule(pl.LightningDataModule):
         )
         return Compose(
             steps
-            + [ForegroundIndicesd(), pick, DeleteItemsd(["fg_indices", "bg_indices"]), self._PLAIN]
+            + [ForegroundIndicesd(), pick, DeleteItemsd(["fg_indices", "bg_indices"])]
+            + [*augment, self._PLAIN]
         )
 
     def _eval_transforms(self) -> Compose:
