@@ -18,6 +18,8 @@ validation of `stroke_seg.train.run` in the main process would not see the run.
 
 from __future__ import annotations
 
+import atexit
+
 import pytorch_lightning as pl
 import torch.distributed as dist
 from hydra.core.hydra_config import HydraConfig
@@ -36,15 +38,28 @@ def is_rank_zero() -> bool:
 
 
 def close_process_group() -> None:
-    """Destroy the default process group, if one was started, before the interpreter exits.
-
-    Lightning leaves the group open after ``fit``; a gloo group whose worker threads are
-    still alive at interpreter shutdown aborts the process ("terminate called without an
-    active exception", exit -6) even though training finished. PyTorch asks applications to
-    call ``destroy_process_group`` themselves (pytorch/pytorch#190489).
-    """
+    """Destroy the default process group, if one was started."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+_close_registered = False
+
+
+def close_process_group_at_exit() -> None:
+    """Destroy the process group when the interpreter exits, not when a run ends.
+
+    Lightning leaves the group open after ``fit``; a gloo group whose worker threads are
+    still alive while the interpreter shuts down aborts the process ("terminate called
+    without an active exception", exit -6) although training finished. PyTorch asks
+    applications to call ``destroy_process_group`` themselves (pytorch/pytorch#190489).
+    Not at the end of each run: the jobs of a multirun under torchrun share one group, and
+    re-creating it for the next job races between the processes.
+    """
+    global _close_registered
+    if not _close_registered:
+        atexit.register(close_process_group)
+        _close_registered = True
 
 
 def starts_own_processes(trainer: pl.Trainer) -> bool:

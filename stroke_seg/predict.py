@@ -103,13 +103,19 @@ def output_files(output: Path, names: Sequence[str], qc: bool) -> list[Path]:
 
 def is_finished(output: Path, name: str, source: Path, qc: bool) -> bool:
     """Whether a scan's results are complete: every file is there (each was renamed into
-    place only when complete) and both NIfTIs have the input's shape."""
+    place only when complete) and both NIfTIs lie on the input's grid (shape and affine), so
+    a result left from another input of the same name is redone."""
     files = scan_files(output, name, qc)
     if not all(p.is_file() for p in files):
         return False
     try:
-        shape = nib.load(str(source)).shape[:3]
-        return all(nib.load(str(p)).shape[:3] == shape for p in files[:2])
+        grid = nib.load(str(source))
+        for path in files[:2]:
+            result = nib.load(str(path))
+            same_shape = result.shape[:3] == grid.shape[:3]
+            if not same_shape or not np.allclose(result.affine, grid.affine, atol=1e-4):
+                return False
+        return True
     except Exception:  # noqa: BLE001 - an unreadable result is redone
         return False
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +23,7 @@ from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from stroke_seg.callbacks import FiniteLossGuard, call_logger, guard_logger
 from stroke_seg.checkpoints import load_matching_weights, read_checkpoint
 from stroke_seg.data.datamodule import StrokeDataModule
-from stroke_seg.distributed import check_launch, close_process_group, is_rank_zero
+from stroke_seg.distributed import check_launch, close_process_group_at_exit, is_rank_zero
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.lit_module import LesionSegModule
 from stroke_seg.safe_io import AtomicCheckpointIO
@@ -53,6 +54,46 @@ def check_config(cfg: DictConfig, run_dir: Path) -> None:
             f"Run folder {run_dir} already holds checkpoints; pass resume={existing}/last.ckpt "
             "to continue it, name=<new name> for a new run, or overwrite=true to replace it."
         )
+
+
+# What a training run writes into its folder (Hydra's own .hydra/ and train.log belong to the
+# run that is starting and are kept).
+RUN_OUTPUTS = (
+    "checkpoints",
+    "logs",
+    "val_pictures",
+    "wandb",
+    "wandb_id.txt",
+    "config.yaml",
+    "split.json",
+    "summary.json",
+    "progress.png",
+)
+
+
+def clear_previous_run(cfg: DictConfig, run_dir: Path) -> list[str]:
+    """``overwrite=true``: remove the previous run's outputs, so that no stale snapshot,
+    picture or wandb id is mistaken for part of the new run. Returns what was removed."""
+    if not cfg.overwrite or cfg.resume or not is_rank_zero():
+        return []
+    if cfg.ckpt and run_dir.resolve() in Path(cfg.ckpt).resolve().parents:
+        raise StrokeSegError(
+            f"ckpt={cfg.ckpt} lies in the run folder that overwrite=true would replace; "
+            "copy it elsewhere first or choose another name=."
+        )
+    removed = []
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    if removed:
+        log.info("overwrite=true: removed the previous run's %s", ", ".join(removed))
+    return removed
 
 
 def _plain(node: Any) -> Any:
@@ -116,6 +157,7 @@ def run(cfg: DictConfig) -> float:
     """Train one stage; returns the final validation DSC (the value sweeps optimise)."""
     run_dir = Path(cfg.paths.output_dir)
     check_config(cfg, run_dir)
+    clear_previous_run(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
@@ -148,11 +190,9 @@ def run(cfg: DictConfig) -> float:
     )
 
     started = time.time()
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
-        final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    finally:
-        close_process_group()
+    close_process_group_at_exit()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume)
+    final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     val_dsc = float(final.get("val/dsc", float("nan")))
     if trainer.is_global_zero:
         write_summary(run_dir, cfg, trainer, module, val_dsc, time.time() - started)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,13 @@ from stroke_seg.data.datamodule import EpochSampler, ShardSampler
 from stroke_seg.inference import load_model
 from stroke_seg.lit_module import full_volume_dice
 from stroke_seg.train import build_loggers, build_module
-from tests.conftest import TINY_TRAIN_OVERRIDES, compose_train, make_bids_tree, run_train_cli
+from tests.conftest import (
+    REPO,
+    TINY_TRAIN_OVERRIDES,
+    compose_train,
+    make_bids_tree,
+    run_train_cli,
+)
 
 
 def test_epoch_sampler_shards_every_epoch_across_ranks():
@@ -170,3 +179,53 @@ def test_spawned_ddp_is_refused_in_one_sentence(ddp_data, tmp_path):
         .startswith("error: trainer.strategy=ddp_spawn / ddp_fork / ddp_notebook is not supported")
     )
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_torchrun_run_and_multirun_keep_one_folder_per_job(ddp_data, tmp_path):
+    """Under torchrun every process composes the config itself; with name= fixed, a run keeps
+    one folder, and a multirun runs its jobs in lock-step, one folder per job."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = [*TINY_TRAIN_OVERRIDES, *DDP_OVERRIDES, f"data.root={ddp_data}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1"}
+
+    def launch(*extra: str, multirun: bool = False) -> subprocess.CompletedProcess:
+        command = [*torchrun, str(REPO / "train.py"), *(["-m"] if multirun else []), *args, *extra]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+    single = launch(f"paths.runs_dir={tmp_path / 'single'}")
+    assert single.returncode == 0, single.stderr[-3000:]
+    run_dir = tmp_path / "single" / "ddp" / "zoom_in"
+    assert [p.name for p in (tmp_path / "single" / "ddp").iterdir()] == ["zoom_in"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_steps"] == 4 and summary["n_train"] == 4  # 2 epochs x 4 crops / 2
+
+    sweep = launch("seed=1,2", f"paths.runs_dir={tmp_path / 'sweep'}", multirun=True)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    jobs = sorted(p.name for p in (tmp_path / "sweep" / "ddp" / "multirun").iterdir())
+    assert [j for j in jobs if not j.startswith(".")][:2] == ["0_zoom_in", "1_zoom_in"]
+    for job in ("0_zoom_in", "1_zoom_in"):
+        job_dir = tmp_path / "sweep" / "ddp" / "multirun" / job
+        assert json.loads((job_dir / "summary.json").read_text())["global_steps"] == 4
+
+
+def test_the_process_group_is_destroyed_once_at_exit(tmp_path, monkeypatch):
+    """A gloo group left open at interpreter exit can abort a finished run (exit -6); the
+    entry point registers its destruction once, for the end of the process."""
+    import torch.distributed as dist
+
+    from stroke_seg import distributed
+
+    registered = []
+    monkeypatch.setattr(distributed, "_close_registered", False)
+    monkeypatch.setattr(distributed.atexit, "register", registered.append)
+    distributed.close_process_group_at_exit()
+    distributed.close_process_group_at_exit()
+    assert registered == [distributed.close_process_group]
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    assert dist.is_initialized()
+    registered[0]()
+    assert not dist.is_initialized()
+    registered[0]()  # a second call (nothing left to destroy) is harmless

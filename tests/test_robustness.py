@@ -338,6 +338,24 @@ def test_continue_prediction_keeps_finished_scans_and_redoes_the_partial_one(tmp
     assert _digest(inputs) == before  # inputs are only ever read
 
 
+def test_a_result_on_another_grid_is_not_taken_as_finished(tmp_path):
+    """continue_prediction keeps a scan's results only when they lie on its grid: a result of
+    the same shape but another affine (another scan of that name) is redone."""
+    image = tiny_scan(np.random.default_rng(1))[0]
+    source = write_nifti(tmp_path / "in" / "a_T1w.nii.gz", image)
+    out = tmp_path / "out"
+    mask, prob = predict_module.scan_files(out, "a_T1w", qc=False)
+    write_nifti(mask, np.zeros(image.shape, np.uint8))
+    write_nifti(prob, np.zeros(image.shape, np.float32))
+    assert predict_module.is_finished(out, "a_T1w", source, qc=False)
+    shifted = np.diag([2.0, 2.0, 2.0, 1.0])
+    shifted[:3, 3] = [10.0, 0.0, 0.0]
+    write_nifti(prob, np.zeros(image.shape, np.float32), affine=shifted)
+    assert not predict_module.is_finished(out, "a_T1w", source, qc=False)
+    prob.unlink()
+    assert not predict_module.is_finished(out, "a_T1w", source, qc=False)
+
+
 @pytest.mark.parametrize(
     "name", ["../escape.nii.gz", "/etc/passwd", "a/../../x", "..", "", "a\\..\\b"]
 )

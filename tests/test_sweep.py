@@ -26,14 +26,14 @@ def test_optuna_search_space_and_objective():
     assert cfg.optim.lr == cfg.stage.lr  # the swept stage LR is the optimiser's
 
 
-def test_slurm_launcher_takes_its_shape_from_the_trainer():
+def test_slurm_launcher_asks_for_one_task_per_gpu_on_the_trainers_nodes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     cfg = _compose(
         [
             "hydra/launcher=slurm",
             "trainer=ddp",
-            "trainer.devices=4",
             "trainer.num_nodes=2",
+            "hydra.launcher.gpus_per_node=4",
             "hydra.launcher.partition=gpu",
             "name=cv",
         ]
@@ -41,6 +41,9 @@ def test_slurm_launcher_takes_its_shape_from_the_trainer():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
+    assert cfg.trainer.devices == "auto"  # Lightning takes the job's 4 GPUs
+    single = _compose(["hydra/launcher=slurm", "name=one"]).hydra.launcher
+    assert (single.nodes, single.gpus_per_node, single.tasks_per_node) == (1, 1, 1)
     assert launcher.partition == "gpu" and launcher.timeout_min > 0
     assert cfg.trainer.strategy == "ddp"
 

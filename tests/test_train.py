@@ -14,7 +14,7 @@ import yaml
 from stroke_seg.checkpoints import load_matching_weights
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.train import build_module, run
-from tests.conftest import compose_train, run_train_cli
+from tests.conftest import TINY_TRAIN_OVERRIDES, compose_train, run_train_cli
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -142,6 +142,35 @@ def test_existing_run_folder_is_not_overwritten(zoom_in_run, tiny_bids):
     assert (zoom_in_run / "checkpoints" / "last.ckpt").stat().st_mtime_ns == before
 
 
+def test_overwrite_replaces_the_previous_runs_outputs(tiny_bids, tmp_path):
+    """overwrite=true leaves nothing of the old run that could pass for the new one (a stale
+    snapshot would join a snapshot ensemble), and keeps files the run did not write."""
+    run_dir = tmp_path / "run"
+    run(compose_train(run_dir, tiny_bids, ["stage.max_epochs=1", "stage.snapshot_epochs=[1]"]))
+    assert (run_dir / "checkpoints" / "snapshot_epoch001.ckpt").is_file()
+    (run_dir / "wandb_id.txt").write_text("old-run-id\n")
+    (run_dir / "notes.txt").write_text("mine\n")
+    run(compose_train(run_dir, tiny_bids, ["stage.max_epochs=1", "overwrite=true"]))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "best.ckpt",
+        "last.ckpt",
+    ]
+    assert json.loads((run_dir / "summary.json").read_text())["checkpoints"] == [
+        "best.ckpt",
+        "last.ckpt",
+    ]
+    assert not (run_dir / "wandb_id.txt").exists()
+    assert (run_dir / "notes.txt").read_text() == "mine\n"
+    inside = run_dir / "checkpoints" / "last.ckpt"
+    with pytest.raises(StrokeSegError, match=r"lies in the run folder that overwrite=true"):
+        run(
+            compose_train(
+                run_dir, tiny_bids, ["stage=zoom_out", f"ckpt={inside}", "overwrite=true"]
+            )
+        )
+    assert inside.is_file()
+
+
 def test_resume_continues_exactly(tiny_bids, tmp_path):
     """2 epochs, then resume to 4 == 4 epochs straight (weights, optimiser, scheduler)."""
     straight = tmp_path / "straight"
@@ -194,9 +223,24 @@ def test_cli_user_errors_are_one_sentence(tmp_path):
     assert not any(tmp_path.rglob("*.ckpt"))
 
 
+def test_bad_values_checked_by_a_constructor_are_one_sentence(tiny_bids, tmp_path):
+    """Hydra's instantiate re-raises a constructor's error as InstantiationException; the
+    user still gets our one sentence, not Hydra's wrapper."""
+    bad = run_train_cli(
+        *TINY_TRAIN_OVERRIDES,
+        f"data.root={tiny_bids}",
+        f"paths.runs_dir={tmp_path}",
+        "data.augmentation.flip_prob=3",
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "error: data.augmentation.flip_prob=3.0 must lie in [0, 1]."
+    )
+    assert "InstantiationException" not in bad.stderr and not any(tmp_path.rglob("*.ckpt"))
+
+
 @pytest.mark.slow
 def test_multirun_over_two_seeds(tiny_bids, tmp_path):
-    from tests.conftest import TINY_TRAIN_OVERRIDES
 
     result = run_train_cli(
         "-m",

@@ -61,7 +61,7 @@ from stroke_seg.data.splits import (
     make_split,
     save_split,
 )
-from stroke_seg.errors import StrokeSegError
+from stroke_seg.errors import StrokeSegError, user_error_in
 
 log = logging.getLogger(__name__)
 
@@ -330,12 +330,10 @@ class StrokeDataModule(pl.LightningDataModule):
         except RuntimeError as err:
             # MONAI wraps errors raised inside a transform ("applying transform ..."); a
             # bad file must still reach the user as our one-sentence StrokeSegError.
-            cause: BaseException | None = err
-            while cause is not None and not isinstance(cause, StrokeSegError):
-                cause = cause.__cause__ or cause.__context__
-            if cause is None:
+            user_error = user_error_in(err)
+            if user_error is None:
                 raise
-            raise cause from None
+            raise user_error from None
 
     def _load_and_scale(self) -> list:
         return [

@@ -1,0 +1,148 @@
+"""Every config option and every command in the docs composes and resolves.
+
+A config file that no test composes can break silently (an interpolation to a key that only
+some trainer files define, say), and a documented command that fails is worse than none.
+These tests compose each option of each group, and each ``python train.py / evaluate.py /
+predict.py ...`` line of README.md, docs/ and the config comments, the way Hydra would, and
+resolve every interpolation, the launcher and sweeper included.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from tests.conftest import CONF_DIR, REPO
+
+SCRIPTS = ("train.py", "evaluate.py", "predict.py")
+# `python train.py ...`, `torchrun --nproc_per_node=4 train.py ...`
+COMMAND = r"(?:python|torchrun(?:\s+--\S+)*)\s+((?:train|evaluate|predict)\.py)(?:\s|$)"
+
+
+def compose_resolved(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose like the entry point would (sweeps reduced to their first value), then
+    resolve the job config and the parts of the Hydra config that interpolate it."""
+    parser = OverridesParser.create()
+    single = []
+    for override in parser.parse_overrides(overrides):
+        if override.is_sweep_override():
+            first = next(iter(override.sweep_string_iterator()))
+            single.append(f"{override.get_key_element()}={first}")
+        else:
+            single.append(override.input_line)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=single, return_hydra_config=True)
+    hydra_cfg = cfg.hydra
+    with open_dict(cfg):
+        del cfg["hydra"]
+        if "paths" in cfg:  # set by Hydra when the job starts
+            cfg.paths.output_dir = "/tmp/stroke_seg_compose_check"
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    with open_dict(hydra_cfg):
+        for node in ("launcher", "sweeper", "run", "sweep"):
+            if node == "sweep":
+                OmegaConf.to_container(hydra_cfg.sweep, resolve=False)
+                hydra_cfg.sweep.subdir = "0"
+            merged = OmegaConf.merge(OmegaConf.create({"hydra": hydra_cfg}), cfg)
+            OmegaConf.to_container(merged.hydra[node], resolve=True)
+    return cfg
+
+
+def group_options() -> list[str]:
+    options = []
+    for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
+        options += [f"{group.name}={f.stem}" for f in sorted(group.glob("*.yaml"))]
+    options += [f"hydra/launcher={f.stem}" for f in sorted((CONF_DIR / "hydra/launcher").glob("*"))]
+    return options
+
+
+def _default_choices() -> dict[str, str | None]:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True)
+    return dict(cfg.hydra.runtime.choices)
+
+
+DEFAULT_CHOICES = _default_choices()
+
+
+@pytest.mark.parametrize("option", group_options())
+def test_every_group_option_composes_and_resolves(option):
+    if option.startswith(("hydra/launcher", "hparams_search")):
+        pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    cfg = compose_resolved("train", [option, "name=check"])
+    default = compose_resolved("train", ["name=check"])
+    group, value = option.split("=")
+    if group.startswith("hydra/") or group == "hparams_search":
+        return  # these change only the Hydra config (launcher, sweeper), resolved above
+    chosen = OmegaConf.to_container(cfg, resolve=True)
+    if DEFAULT_CHOICES.get(group) == value:
+        assert chosen == OmegaConf.to_container(default, resolve=True)
+    else:  # the option took effect
+        assert chosen != OmegaConf.to_container(default, resolve=True)
+
+
+def _is_override(token: str) -> bool:
+    """key=value, not a placeholder such as [key=value ...] or (docs/x.md)."""
+    placeholder = token.startswith(("[", "(", "-")) or "|" in token or "..." in token
+    return "=" in token and not placeholder
+
+
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    """(where, script, overrides) for every command line in the docs and config comments."""
+    sources = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    sources += sorted(CONF_DIR.rglob("*.yaml"))
+    commands = []
+    for path in sources:
+        text = path.read_text()
+        if path.suffix == ".md":
+            blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S)
+            lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+        else:
+            lines = [ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")]
+        for line in lines:
+            found = re.search(COMMAND, line)
+            if not found:
+                continue
+            command = line[found.start(1) :]
+            try:
+                tokens = shlex.split(command, comments=True)
+            except ValueError:  # prose after the command ("the paper's ...")
+                tokens = command.split()
+            script = tokens[0]
+            args = [t for t in tokens[1:] if _is_override(t)]
+            commands.append((str(path.relative_to(REPO)), script, args))
+    return commands
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_docs_hold_commands_for_every_entry_point():
+    scripts = {script for _, script, _ in COMMANDS}
+    assert scripts == set(SCRIPTS) and len(COMMANDS) > 25
+
+
+@pytest.mark.parametrize(
+    ("script", "overrides"),
+    [(script, args) for _, script, args in COMMANDS],
+    ids=[f"{where}: {script} {' '.join(args)}"[:100] for where, script, args in COMMANDS],
+)
+def test_documented_commands_compose(script, overrides):
+    if any(o.startswith(("hydra/launcher", "hparams_search")) for o in overrides):
+        pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+        pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    compose_resolved(Path(script).stem, overrides)
+
+
+def test_slurm_launcher_shape_with_every_trainer():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    for trainer in ("default", "cpu", "gpu", "ddp"):
+        cfg = compose_resolved("train", [f"trainer={trainer}", "hydra/launcher=slurm"])
+        assert cfg.trainer.num_nodes == 1
