@@ -54,18 +54,37 @@ from typing import Any
 import numpy as np
 import torch
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "demo": {
-        "widths": [16, 32, 64, 128],
-        "groups": 8,
-        "crops": {"zoom_in": [64, 64, 64], "zoom_out": [72, 86, 84]},
-    },
-    "paper": {
-        "widths": [32, 64, 128, 256],
-        "groups": 8,
-        "crops": {"zoom_in": [128, 128, 128], "zoom_out": [144, 172, 168]},
-    },
-}
+from stroke_seg.errors import StrokeSegError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def config_presets() -> dict[str, dict[str, Any]]:
+    """Network widths, groups and crop sizes of ``experiment=demo`` and ``experiment=paper``,
+    composed from the same config files as training, so the benchmark measures exactly
+    what ``train.py`` would run."""
+    if not (CONF_DIR / "train.yaml").is_file():
+        raise StrokeSegError(
+            f"The benchmark reads its presets from {CONF_DIR}, which does not exist; "
+            "run it from a source checkout (make bench)."
+        )
+    from hydra import compose, initialize_config_dir
+
+    presets: dict[str, dict[str, Any]] = {}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for name in ("demo", "paper"):
+            crops = {}
+            for stage in ("zoom_in", "zoom_out"):
+                cfg = compose("train", [f"experiment={name}", f"stage={stage}", "name=bench"])
+                crops[stage] = [int(v) for v in cfg.stage.crop_size]
+            presets[name] = {
+                "widths": [int(v) for v in cfg.model.widths],
+                "groups": int(cfg.model.groups),
+                "crops": crops,
+            }
+    return presets
+
+
 QUICK_PRESETS: dict[str, dict[str, Any]] = {
     "demo": {
         "widths": [4, 8],
@@ -916,7 +935,7 @@ def run_bench(
     dev = resolve_device(device)
     if threads or quick:
         torch.set_num_threads(int(threads or 1))
-    presets = QUICK_PRESETS if quick else PRESETS
+    presets = QUICK_PRESETS if quick else config_presets()
     started = time.perf_counter()
     results: dict[str, Any] = {
         "command": "python -m stroke_seg.bench " + " ".join(sys.argv[1:]),
