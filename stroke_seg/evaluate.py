@@ -396,7 +396,12 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         facts += [
             ("data", f"{cfg.data.root} (layout {cfg.data.layout})"),
             ("split", f"{cfg.split}: {len(cases)} scans ({source})"),
-            ("inference", f"mode={cfg.mode}, tta={cfg.tta}, device={first.device}"),
+            (
+                "inference",
+                f"mode={cfg.mode}"
+                + (f", overlap={cfg.overlap}" if cfg.mode != "centre_crop" else "")
+                + f", tta={cfg.tta}, amp={cfg.amp}, device={first.device}",
+            ),
             ("preprocessing", str(first.preprocessing)),
         ]
         log.info("Evaluating %d models on %d scans (%s)", len(sets), len(cases), source)
