@@ -44,7 +44,7 @@ from stroke_seg.metrics import CONNECTIVITY_26
 from stroke_seg.plotting import plot_case_slices
 from stroke_seg.report import save_nifti_atomic, write_csv_atomic
 from stroke_seg.safe_io import safe_output_path
-from stroke_seg.validation import check_image
+from stroke_seg.validation import check_image, same_grid
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +110,8 @@ def is_finished(output: Path, name: str, source: Path, qc: bool) -> bool:
         return False
     try:
         grid = nib.load(str(source))
-        for path in files[:2]:
-            result = nib.load(str(path))
-            same_shape = result.shape[:3] == grid.shape[:3]
-            if not same_shape or not np.allclose(result.affine, grid.affine, atol=1e-4):
-                return False
-        return True
+        results = [nib.load(str(path)) for path in files[:2]]
+        return all(same_grid(r.shape[:3], r.affine, grid.shape[:3], grid.affine) for r in results)
     except Exception:  # noqa: BLE001 - an unreadable result is redone
         return False
 

@@ -175,6 +175,15 @@ def binarize_mask(mask: np.ndarray, path: str | Path, threshold: float | None = 
     )
 
 
+def same_grid(
+    shape_a: tuple[int, ...], affine_a: np.ndarray, shape_b: tuple[int, ...], affine_b: np.ndarray
+) -> bool:
+    """Whether two volumes share one voxel grid: the same shape and affines within 1 µm."""
+    return tuple(shape_a) == tuple(shape_b) and bool(
+        np.allclose(affine_a, affine_b, atol=AFFINE_TOLERANCE_MM)
+    )
+
+
 def check_same_grid(
     shape_a: tuple[int, ...],
     affine_a: np.ndarray,
@@ -189,7 +198,7 @@ def check_same_grid(
             f"{name_b} has shape {tuple(shape_b)} but {name_a} has {tuple(shape_a)}; "
             "image and mask must share one voxel grid."
         )
-    if not np.allclose(affine_a, affine_b, atol=AFFINE_TOLERANCE_MM):
+    if not same_grid(shape_a, affine_a, shape_b, affine_b):
         raise StrokeSegError(
             f"{name_b} and {name_a} have different affines (voxel-to-world matrices); "
             "image and mask must share one voxel grid."

@@ -259,8 +259,8 @@ class StrokeDataModule(pl.LightningDataModule):
         self.run_dir = run_dir
         self.seed = seed
         self.mask_threshold = mask_threshold
-        self.augmentation = dict(augmentation or {})
-        augmentation_transforms(self.augmentation)  # a bad setting fails here, before training
+        # Built here so that a bad setting fails before any data is read.
+        self.augment = augmentation_transforms(augmentation)
         self.fold = None if fold is None else int(fold)
         self.n_folds = int(n_folds)
         self.cases: dict[str, Case] = {}
@@ -355,9 +355,8 @@ class StrokeDataModule(pl.LightningDataModule):
             ["image", "label"], roi_size=self.crop_size, num_samples=1, random_size=False
         )
         # After the crop: augmentation works on the crop's voxels only (stroke_seg.data.augment).
-        augment = augmentation_transforms(self.augmentation)
         if self.sampling == "uniform":
-            return Compose(steps + [uniform, *augment, self._PLAIN])
+            return Compose(steps + [uniform, *self.augment, self._PLAIN])
         foreground = RandCropByPosNegLabeld(
             ["image", "label"],
             label_key="label",
@@ -374,7 +373,7 @@ class StrokeDataModule(pl.LightningDataModule):
         return Compose(
             steps
             + [ForegroundIndicesd(), pick, DeleteItemsd(["fg_indices", "bg_indices"])]
-            + [*augment, self._PLAIN]
+            + [*self.augment, self._PLAIN]
         )
 
     def _eval_transforms(self) -> Compose:
