@@ -21,6 +21,19 @@ TINY_SHAPE = (24, 28, 20)
 TINY_AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 
 
+def tiny_preprocessing(crop_size=TINY_SHAPE, **extra: object) -> dict:
+    """What a checkpoint of a model trained on the tiny scans carries for inference: /255
+    scaling, the training crop, the evaluation crop = the whole tiny scan, 2 mm voxels."""
+    return {
+        "intensity_mode": "divide",
+        "intensity_divisor": 255.0,
+        "crop_size": list(crop_size),
+        "eval_crop": list(TINY_SHAPE),
+        "spacing": [float(v) for v in np.diag(TINY_AFFINE)[:3]],
+        **extra,
+    }
+
+
 def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray = TINY_AFFINE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(array, affine), str(path))

@@ -30,7 +30,7 @@ from stroke_seg.train import run as train
 from tests import test_evaluate, test_predict
 from tests.conftest import compose_train, save_module_checkpoint, tiny_scan, write_nifti
 from tests.test_evaluate import FAST, _rows, compose_eval
-from tests.test_predict import PRE, _files, compose_predict
+from tests.test_predict import LPS_AFFINE, PRE, _files, compose_predict
 from tests.test_train import _weights
 
 # The other test modules' fixtures, shared here under their own names.
@@ -401,9 +401,6 @@ def test_pattern_selects_the_files_to_predict(ckpt, tmp_path):
 def _big_scan(folder: Path, shape=(30, 34, 26)) -> Path:
     image, _ = tiny_scan(np.random.default_rng(5), shape=shape)
     return write_nifti(folder / "big_T1w.nii.gz", image)  # the training grid, > eval crop
-
-
-LPS_AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, -1.5, 0, 30.0], [0, 0, 1.5, -5.0], [0, 0, 0, 1]])
 
 
 @pytest.mark.parametrize("mode", ["centre_crop", "sliding_window"])

@@ -45,12 +45,10 @@ def compose_resolved(config_name: str, overrides: list[str]) -> DictConfig:
             cfg.paths.output_dir = "/tmp/stroke_seg_compose_check"
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     with open_dict(hydra_cfg):
-        for node in ("launcher", "sweeper", "run", "sweep"):
-            if node == "sweep":
-                OmegaConf.to_container(hydra_cfg.sweep, resolve=False)
-                hydra_cfg.sweep.subdir = "0"
-            merged = OmegaConf.merge(OmegaConf.create({"hydra": hydra_cfg}), cfg)
-            OmegaConf.to_container(merged.hydra[node], resolve=True)
+        hydra_cfg.sweep.subdir = "0"  # ${hydra.job.num}, set per job
+    merged = OmegaConf.merge({"hydra": hydra_cfg}, cfg)
+    for node in ("launcher", "sweeper", "run", "sweep"):
+        OmegaConf.to_container(merged.hydra[node], resolve=True)
     return cfg
 
 
@@ -69,6 +67,7 @@ def _default_choices() -> dict[str, str | None]:
 
 
 DEFAULT_CHOICES = _default_choices()
+DEFAULT = OmegaConf.to_container(compose_resolved("train", ["name=check"]), resolve=True)
 
 
 @pytest.mark.parametrize("option", group_options())
@@ -77,15 +76,14 @@ def test_every_group_option_composes_and_resolves(option):
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     cfg = compose_resolved("train", [option, "name=check"])
-    default = compose_resolved("train", ["name=check"])
     group, value = option.split("=")
     if group.startswith("hydra/") or group == "hparams_search":
         return  # these change only the Hydra config (launcher, sweeper), resolved above
     chosen = OmegaConf.to_container(cfg, resolve=True)
     if DEFAULT_CHOICES.get(group) == value:
-        assert chosen == OmegaConf.to_container(default, resolve=True)
+        assert chosen == DEFAULT
     else:  # the option took effect
-        assert chosen != OmegaConf.to_container(default, resolve=True)
+        assert chosen != DEFAULT
 
 
 def _is_override(token: str) -> bool:

@@ -19,16 +19,17 @@ from stroke_seg.errors import StrokeSegError
 from stroke_seg.export import export_safetensors, main
 from stroke_seg.inference import load_model
 from stroke_seg.predict import run as predict
-from tests.conftest import CONF_DIR, REPO, save_module_checkpoint, tiny_scan, write_nifti
+from tests.conftest import (
+    CONF_DIR,
+    REPO,
+    save_module_checkpoint,
+    tiny_preprocessing,
+    tiny_scan,
+    write_nifti,
+)
 
-PRE = {
-    "intensity_mode": "divide",
-    "intensity_divisor": 255.0,
-    "crop_size": [16, 16, 16],  # a zoom-in model: predictions use sliding windows
-    "eval_crop": [24, 28, 20],
-    "spacing": [2.0, 2.0, 2.0],
-    "grid_shape": [24, 28, 20],
-}
+# a zoom-in model: predictions use sliding windows
+PRE = tiny_preprocessing(crop_size=[16, 16, 16], grid_shape=[24, 28, 20])
 
 
 @pytest.fixture(scope="module")

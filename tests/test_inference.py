@@ -24,14 +24,9 @@ from stroke_seg.inference import (
     scale_intensity,
 )
 from stroke_seg.models import ResUNet3D
+from tests.conftest import tiny_preprocessing
 
-PRE = {
-    "intensity_mode": "divide",
-    "intensity_divisor": 255.0,
-    "crop_size": [16, 16, 16],
-    "eval_crop": [24, 28, 20],
-    "spacing": [2.0, 2.0, 2.0],
-}
+PRE = tiny_preprocessing(crop_size=[16, 16, 16])
 
 
 class ConstantLogit(nn.Module):

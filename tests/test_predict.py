@@ -17,15 +17,16 @@ from scipy import ndimage
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.metrics import CONNECTIVITY_26
 from stroke_seg.predict import run
-from tests.conftest import CONF_DIR, run_entry_point, save_module_checkpoint, tiny_scan, write_nifti
+from tests.conftest import (
+    CONF_DIR,
+    run_entry_point,
+    save_module_checkpoint,
+    tiny_preprocessing,
+    tiny_scan,
+    write_nifti,
+)
 
-PRE = {
-    "intensity_mode": "divide",
-    "intensity_divisor": 255.0,
-    "crop_size": [24, 28, 20],  # a zoom-out model: trained at the evaluation crop
-    "eval_crop": [24, 28, 20],
-    "spacing": [2.0, 2.0, 2.0],
-}
+PRE = tiny_preprocessing()  # a zoom-out model: trained at the evaluation crop
 LPS_AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, -1.5, 0, 30.0], [0, 0, 1.5, -5.0], [0, 0, 0, 1]])
 
 

@@ -41,18 +41,13 @@ from tests.conftest import (
     TINY_TRAIN_OVERRIDES,
     compose_train,
     save_module_checkpoint,
+    tiny_preprocessing,
     tiny_scan,
     write_nifti,
 )
 
 SMALL = ["data.split_proportions=[2,1,1]"]  # 4 training scans: 4 steps per epoch
-PRE = {
-    "intensity_mode": "divide",
-    "intensity_divisor": 255.0,
-    "crop_size": [24, 28, 20],
-    "eval_crop": [24, 28, 20],
-    "spacing": [2.0, 2.0, 2.0],
-}
+PRE = tiny_preprocessing()
 
 
 def _compose(name: str, overrides: list[str]) -> DictConfig:
