@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,51 +28,24 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
+from stroke_seg.atomic import write_text
 from stroke_seg.config import run_dir
-from stroke_seg.data.discovery import Case, discover
-from stroke_seg.data.io import check_same_grid, load_case, load_volume
-from stroke_seg.data.splits import SPLIT_NAMES, check_split, load_split, make_split
-from stroke_seg.errors import StrokeSegError
+from stroke_seg.data.checks import check_same_grid
+from stroke_seg.data.discovery import discover
+from stroke_seg.data.io import Case, load_case, read_nifti
+from stroke_seg.data.splits import SPLIT_NAMES, resolve_split
+from stroke_seg.errors import StrokeSegError, check_choice, config_section
 from stroke_seg.inference import Predictor
-from stroke_seg.metrics import SCAN_METRIC_KEYS, EmptyPolicy, scan_metrics
-from stroke_seg.report import (
-    check_output_dir,
-    plot_dsc_vs_lesion_size,
-    plot_projections,
-    render_report,
-    size_quartiles,
-    summary_json,
-    write_csv_atomic,
-    write_json_atomic,
-    write_text_atomic,
-)
+from stroke_seg.metrics import EmptyPolicy
+from stroke_seg.outputs import check_output_dir
+from stroke_seg.plotting import plot_projections
+from stroke_seg.scoring import Scored, empty_policy, score_row, write_results
 
 log = logging.getLogger(__name__)
 
-CASE_COLUMNS = (
-    "subject",
-    "lesion_voxels",
-    "lesion_mm3",
-    *SCAN_METRIC_KEYS,
-    "pred_voxels",
-    "tp",
-    "fp",
-    "fn",
-    "empty_case",
-    "mode",
-)
 MASK_SUFFIX = "_lesion_mask"
 PROB_SUFFIX = "_lesion_prob"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-@dataclass
-class Scored:
-    """Per-scan rows of one model (or prediction folder)."""
-
-    name: str
-    rows: list[dict[str, Any]]
-    figure_links: list[tuple[str, str]]
 
 
 # --------------------------------------------------------------------------------------
@@ -111,13 +83,6 @@ def model_sets(cfg: DictConfig) -> dict[str, list[str]]:
     return {name: ckpts}
 
 
-def _policy(name: str) -> EmptyPolicy:
-    try:
-        return EmptyPolicy.from_name(str(name))
-    except ValueError:
-        raise StrokeSegError(f"empty_policy={name} is not known; use worst_case or nan.") from None
-
-
 def check_config(cfg: DictConfig) -> None:
     """Refuse a config that names no or both inputs, before anything is loaded or written."""
     folder_mode = bool(cfg.get("predictions")) or bool(cfg.get("labels"))
@@ -139,7 +104,7 @@ def check_config(cfg: DictConfig) -> None:
         )
     if int(cfg.bootstrap.n_resamples) < 1:
         raise StrokeSegError(f"bootstrap.n_resamples={cfg.bootstrap.n_resamples} must be ≥ 1.")
-    _policy(cfg.empty_policy)
+    empty_policy(cfg.empty_policy)
 
 
 # --------------------------------------------------------------------------------------
@@ -156,68 +121,61 @@ def _run_splits(checkpoints: Sequence[str]) -> list[Path]:
     return found
 
 
-def select_cases(cfg: DictConfig, checkpoints: Sequence[str]) -> tuple[list[Case], str]:
-    """The cases of ``split`` under ``data.root`` and where the split came from."""
-    cases = discover(cfg.data.root, cfg.data.layout)
+def select_cases(
+    checkpoints: Sequence[str],
+    *,
+    root: str | Path,
+    layout: str,
+    split: str,
+    split_file: str | Path | None,
+    seed: int,
+    proportions: Sequence[float],
+) -> tuple[list[Case], str]:
+    """The cases of split `split` (or ``all``) under `root` and where the split came from.
+
+    The split is `split_file` when given, else the training run's ``split.json`` next to the
+    checkpoints, else regenerated from `seed` and `proportions`; reading, generating and
+    checking are `stroke_seg.data.splits.resolve_split`'s, the same as in training, so a
+    regenerated split is the one training used.
+    """
+    with config_section("data"):  # root and layout come from the data section
+        cases = discover(root, layout)
     by_id = {c.subject: c for c in cases}
-    split_name = str(cfg.split)
-    if split_name == "all":
+    subjects = list(by_id)
+    if split == "all":
         return cases, f"all {len(cases)} scans under data.root"
-    if split_name not in SPLIT_NAMES:
-        raise StrokeSegError(f"split={split_name} is not known; use test, val, train or all.")
-    if cfg.get("split_file"):
-        split, source = load_split(cfg.split_file, list(by_id)), f"split_file={cfg.split_file}"
+    check_choice("split", split, (*SPLIT_NAMES, "all"))
+    if split_file:
+        chosen = resolve_split(subjects, split_file, seed, proportions)
+        source = f"split_file={split_file}"
     elif run_files := _run_splits(checkpoints):
         splits = []
         for path in run_files:
             try:
-                splits.append(load_split(path, list(by_id)))
+                splits.append(resolve_split(subjects, path, seed, proportions))
             except StrokeSegError as err:
                 raise StrokeSegError(
                     f"{err} (read from the training run; pass split=all to score every scan "
                     "under data.root, or split_file=)"
                 ) from None
         for path, other in zip(run_files[1:], splits[1:], strict=True):
-            if sorted(other[split_name]) != sorted(splits[0][split_name]):
+            if sorted(other[split]) != sorted(splits[0][split]):
                 raise StrokeSegError(
-                    f"{path} and {run_files[0]} list different {split_name} subjects; pass "
+                    f"{path} and {run_files[0]} list different {split} subjects; pass "
                     "split_file= to choose one split for all models."
                 )
-        split, source = splits[0], str(run_files[0])
+        chosen, source = splits[0], str(run_files[0])
     else:
-        seed = int(cfg.data.split_seed)
-        split = make_split(list(by_id), seed, tuple(cfg.data.split_proportions))
-        check_split(split, list(by_id))
+        chosen = resolve_split(subjects, None, seed, proportions)
         source = f"regenerated from data.split_seed={seed}"
-    subjects = split[split_name]
-    if not subjects:
-        raise StrokeSegError(f"The {split_name} list of the split ({source}) is empty.")
-    return [by_id[s] for s in sorted(subjects)], source
+    if not chosen[split]:
+        raise StrokeSegError(f"The {split} list of the split ({source}) is empty.")
+    return [by_id[s] for s in sorted(chosen[split])], source
 
 
 # --------------------------------------------------------------------------------------
 # Scoring
 # --------------------------------------------------------------------------------------
-
-
-def score_row(
-    subject: str,
-    pred: np.ndarray,
-    ref: np.ndarray,
-    spacing: Sequence[float],
-    prob: np.ndarray | None,
-    policy: EmptyPolicy,
-    mode: str,
-) -> dict[str, Any]:
-    """One cases.csv row: `scan_metrics` plus the subject, lesion size and prediction mode."""
-    row = scan_metrics(pred, ref, spacing, prob=prob, policy=policy)
-    return {
-        "subject": subject,
-        "lesion_voxels": row["ref_voxels"],
-        "lesion_mm3": row["ref_mm3"],
-        "mode": mode,
-        **row,
-    }
 
 
 def _figure(
@@ -267,7 +225,7 @@ def _find_prediction(folder: Path, case: Case, suffix: str) -> Path | None:
 
 def _load_on_grid(path: Path, loaded: Mapping[str, Any], case: Case) -> np.ndarray:
     """A predicted volume, refused unless it lies on its reference mask's voxel grid."""
-    array, affine = load_volume(path)
+    array, affine = read_nifti(path)
     ref = loaded["label"]
     check_same_grid(ref.shape, loaded["affine"], array.shape, affine, case.masks[0].name, path.name)
     return array
@@ -323,49 +281,17 @@ def score_folder(
     return result
 
 
-# --------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------
-
-
-def write_results(
-    output: Path,
-    results: Sequence[Scored],
-    prefix: Mapping[str, str],
-    facts: list[tuple[str, str]],
-    policy_name: str,
-    n_resamples: int,
-    seed: int,
-) -> dict[str, dict[str, Any]]:
-    """cases.csv, summary.json and dsc_vs_lesion_size.png per model, then report.md."""
-    summaries, quartiles, scatters, links = {}, {}, {}, {}
-    for res in results:
-        folder = output / prefix[res.name]
-        write_csv_atomic(folder / "cases.csv", res.rows, CASE_COLUMNS)
-        summaries[res.name] = summary_json(res.rows, policy_name, n_resamples, seed)
-        write_json_atomic(folder / "summary.json", summaries[res.name])
-        quartiles[res.name] = size_quartiles(res.rows, n_resamples, seed)
-        scatters[res.name] = f"{prefix[res.name]}dsc_vs_lesion_size.png"
-        plot_dsc_vs_lesion_size(res.rows, output / scatters[res.name], res.name)
-        links[res.name] = res.figure_links
-    facts = [*facts, ("bootstrap", f"{n_resamples} resamples, seed {seed}")]
-    text = render_report(
-        "Evaluation report", facts, summaries, quartiles, scatters, links, n_resamples
-    )
-    write_text_atomic(output / "report.md", text)
-    return summaries
-
-
 def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """Evaluate as configured; returns {model name: summary.json contents}."""
     check_config(cfg)
-    policy = _policy(cfg.empty_policy)
+    policy = empty_policy(cfg.empty_policy)
     output = check_output_dir(cfg.output, bool(cfg.overwrite))
     n_resamples, seed = int(cfg.bootstrap.n_resamples), int(cfg.bootstrap.seed)
     figures = bool(cfg.figures)
 
     if cfg.get("predictions"):
-        cases = discover(cfg.labels, cfg.data.layout)
+        with config_section("data"):  # the layout is data.layout
+            cases = discover(cfg.labels, cfg.data.layout)
         facts = [
             ("predictions", str(cfg.predictions)),
             ("labels", f"{cfg.labels} (layout {cfg.data.layout})"),
@@ -376,31 +302,32 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         results, prefix = [result], {result.name: ""}
     else:
         sets = model_sets(cfg)
-        predictors = {
-            name: Predictor.from_checkpoints(
-                paths,
-                mode=str(cfg.mode),
-                tta=bool(cfg.tta),
-                overlap=float(cfg.overlap),
-                device=str(cfg.device),
-                amp=bool(cfg.amp),
-            )
-            for name, paths in sets.items()
-        }
+        with config_section("inference"):
+            predictors = {
+                name: Predictor.from_config(paths, cfg.inference) for name, paths in sets.items()
+            }
         all_ckpts = [p for paths in sets.values() for p in paths]
-        cases, source = select_cases(cfg, all_ckpts)
+        cases, source = select_cases(
+            all_ckpts,
+            root=cfg.data.root,
+            layout=cfg.data.layout,
+            split=str(cfg.split),
+            split_file=cfg.get("split_file"),
+            seed=int(cfg.data.split_seed),
+            proportions=tuple(cfg.data.split_proportions),
+        )
         multi = len(sets) > 1
         prefix = {name: (f"{name}/" if multi else "") for name in sets}
         facts = [(f"model {name}", ", ".join(paths)) for name, paths in sets.items()]
-        first = next(iter(predictors.values()))
+        first, inference = next(iter(predictors.values())), cfg.inference
         facts += [
             ("data", f"{cfg.data.root} (layout {cfg.data.layout})"),
             ("split", f"{cfg.split}: {len(cases)} scans ({source})"),
             (
                 "inference",
-                f"mode={cfg.mode}"
-                + (f", overlap={cfg.overlap}" if cfg.mode != "centre_crop" else "")
-                + f", tta={cfg.tta}, amp={cfg.amp}, device={first.device}",
+                f"mode={inference.mode}"
+                + (f", overlap={inference.overlap}" if inference.mode != "centre_crop" else "")
+                + f", tta={inference.tta}, amp={inference.amp}, device={first.device}",
             ),
             ("preprocessing", str(first.preprocessing)),
         ]
@@ -412,7 +339,7 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         facts.append(("spatial strategy used", ", ".join(modes)))
     facts.append(("empty-mask policy", policy.name))
     summaries = write_results(output, results, prefix, facts, policy.name, n_resamples, seed)
-    write_text_atomic(output / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(output / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     for name, summary in summaries.items():
         dsc = summary["metrics"]["dsc"]
         log.info("%s: DSC %.3f (n=%d), results in %s", name, dsc["mean"], summary["n"], output)

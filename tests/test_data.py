@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from stroke_seg.data.datamodule import EpochSampler, StrokeDataModule
+from stroke_seg.data.datamodule import StrokeDataModule
 from stroke_seg.data.discovery import discover, discover_atlas_r12, discover_atlas_v2
-from stroke_seg.data.io import load_case
-from stroke_seg.data.splits import load_split, make_split, save_split
-from stroke_seg.errors import StrokeSegError
-from tests.conftest import bids_paths, tiny_scan, write_nifti
+from stroke_seg.data.io import load_case, spacing_of
+from stroke_seg.data.preprocessing import Preprocessing
+from stroke_seg.data.samplers import EpochSampler
+from stroke_seg.data.splits import fold_split, load_split, make_split, resolve_split, save_split
+from stroke_seg.errors import StrokeSegError, config_section
+from tests.helpers import bids_paths, tiny_datamodule, tiny_scan, write_nifti
 
 
 def test_bids_discovery_pairs_images_and_masks(tiny_bids):
@@ -69,12 +71,19 @@ def test_r12_discovery_merges_several_masks_by_maximum(tmp_path):
 
 
 def test_missing_and_empty_roots_say_where_to_get_data(tmp_path):
-    with pytest.raises(StrokeSegError, match=r"data.root .*does not exist.*ATLAS.*synthetic"):
+    with pytest.raises(StrokeSegError, match=r"^root='.*nowhere' does not exist.*ATLAS.*synthetic"):
         discover(tmp_path / "nowhere", "atlas_v2")
-    with pytest.raises(StrokeSegError, match=r"holds no scans.*ATLAS"):
+    with pytest.raises(StrokeSegError, match=r"^root='.*' holds no scans.*ATLAS"):
         discover(tmp_path, "atlas_r12")
-    with pytest.raises(StrokeSegError, match="data.layout='bids' is not known"):
+    with pytest.raises(StrokeSegError, match="^layout='bids' is not known; use one of atlas_r12"):
         discover(tmp_path, "bids")
+    # The task names the config key: the same errors under the data section.
+    with pytest.raises(StrokeSegError, match=r"^data\.root='.*nowhere' does not exist"):
+        with config_section("data"):
+            discover(tmp_path / "nowhere", "atlas_v2")
+    with pytest.raises(StrokeSegError, match=r"^data\.layout='bids' is not known"):
+        with config_section("data"):
+            discover(tmp_path, "bids")
 
 
 def test_duplicate_subject_ids_are_refused(tmp_path):
@@ -116,7 +125,7 @@ def test_split_file_round_trip_and_errors(tmp_path):
     path = save_split(split, tmp_path / "split.json", seed=0)
     assert json.loads(path.read_text())["seed"] == 0
     assert load_split(path, [f"s{i}" for i in range(10)]) == split
-    with pytest.raises(StrokeSegError, match="not found under data.root"):
+    with pytest.raises(StrokeSegError, match="not found among the scans of the data root"):
         load_split(path, [f"s{i}" for i in range(5)])
     (tmp_path / "bad.json").write_text(json.dumps({"train": ["a"], "val": []}))
     with pytest.raises(StrokeSegError, match="test missing"):
@@ -124,27 +133,36 @@ def test_split_file_round_trip_and_errors(tmp_path):
     (tmp_path / "empty.json").write_text(json.dumps({"train": ["a"], "val": [], "test": []}))
     with pytest.raises(StrokeSegError, match="val list of .*empty.json is empty"):
         load_split(tmp_path / "empty.json")
-    with pytest.raises(StrokeSegError, match="nope.json does not exist"):
+    with pytest.raises(StrokeSegError, match=r"^split_file='.*nope\.json' does not exist"):
         load_split(tmp_path / "nope.json")
+    with pytest.raises(StrokeSegError, match=r"^data\.split_file='.*nope\.json' does not exist"):
+        with config_section("data"):
+            load_split(tmp_path / "nope.json")
+    (tmp_path / "list.json").write_text("[1, 2]")  # valid JSON, but not a split
+    with pytest.raises(StrokeSegError, match="needs lists named train, val, test"):
+        load_split(tmp_path / "list.json")
 
 
-def _datamodule(root, **kwargs) -> StrokeDataModule:
-    args = dict(
-        root=str(root),
-        layout="synthetic",
-        crop_size=(16, 12, 8),
-        eval_crop=(20, 24, 16),
-        split_proportions=(6, 1, 1),
-        cache_workers=0,
-    )
-    args.update(kwargs)
-    dm = StrokeDataModule(**args)
-    dm.setup("fit")
-    return dm
+def test_resolve_split_is_the_file_or_the_seeded_split_then_the_fold(tmp_path):
+    subjects = [f"s{i:02d}" for i in range(20)]
+    generated = resolve_split(reversed(subjects), None, seed=3, proportions=(6, 2, 2))
+    assert generated == make_split(subjects, 3, (6, 2, 2))
+    assert [len(generated[k]) for k in ("train", "val", "test")] == [12, 4, 4]
+    assert resolve_split(subjects, None, seed=4, proportions=(6, 2, 2)) != generated
+    mine = {"train": subjects[:10], "val": subjects[10:15], "test": subjects[15:]}
+    path = save_split(mine, tmp_path / "mine.json", seed=0)
+    assert resolve_split(subjects, path, seed=3, proportions=(6, 2, 2)) == mine  # seed unused
+    folded = resolve_split(subjects, path, seed=3, fold=1, n_folds=3)
+    assert folded == fold_split(mine, 1, 3, 3) and folded["test"] == mine["test"]
+    assert sorted(folded["train"] + folded["val"]) == sorted(mine["train"] + mine["val"])
+    with pytest.raises(StrokeSegError, match="not found among the scans"):
+        resolve_split(subjects[:12], path, seed=3)
+    with pytest.raises(StrokeSegError, match=r"^fold=3 must lie in 0\.\.2 \(n_folds=3\)"):
+        resolve_split(subjects, None, seed=3, proportions=(6, 2, 2), fold=3, n_folds=3)
 
 
 def test_datamodule_crops_follow_the_stage_and_scale_intensity(tiny_bids):
-    dm = _datamodule(tiny_bids)
+    dm = tiny_datamodule(tiny_bids)
     assert len(dm.train_set) == len(dm.split["train"]) == 6
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (1, 1, 16, 12, 8)
@@ -171,16 +189,16 @@ def test_foreground_sampling_finds_lesions_more_often(tiny_bids):
         return hits / (10 * len(dm.train_set))
 
     small = (6, 6, 6)
-    uniform = lesion_fraction(_datamodule(tiny_bids, crop_size=small))
+    uniform = lesion_fraction(tiny_datamodule(tiny_bids, crop_size=small))
     biased = lesion_fraction(
-        _datamodule(tiny_bids, crop_size=small, sampling="foreground", foreground_prob=1.0)
+        tiny_datamodule(tiny_bids, crop_size=small, sampling="foreground", foreground_prob=1.0)
     )
     assert biased == 1.0
     assert uniform < 0.8
 
 
 def test_crops_depend_only_on_seed_epoch_and_index(tiny_bids):
-    dm = _datamodule(tiny_bids)
+    dm = tiny_datamodule(tiny_bids)
 
     def crop(epoch, index):  # the crop transforms return a one-element list
         return dm.train_set[(epoch, index)][0]["image"]
@@ -205,10 +223,53 @@ def test_probability_masks_need_data_mask_threshold(tmp_path):
         write_nifti(t1, image)
         write_nifti(lab, mask * rng.uniform(0.3, 1.0, mask.shape).astype(np.float32))
     with pytest.raises(StrokeSegError, match=r"mask.nii.gz .*mask_threshold"):
-        _datamodule(tmp_path, split_proportions=(1, 1, 1))
-    dm = _datamodule(tmp_path, split_proportions=(1, 1, 1), mask_threshold=0.5)
+        tiny_datamodule(tmp_path, split_proportions=(1, 1, 1))
+    dm = tiny_datamodule(tmp_path, split_proportions=(1, 1, 1), mask_threshold=0.5)
     val = next(iter(dm.val_dataloader()))
     case = dm.cases[val["subject"][0]]
     soft = load_case(case, mask_threshold=0.5)["label"]
     assert set(np.unique(soft)) <= {0, 1}
     assert float(val["label_total"][0]) == soft.sum() > 0
+
+
+def test_datamodule_split_and_preprocessing_are_the_shared_contracts(tiny_bids):
+    """The split is `resolve_split`'s (as evaluation regenerates it) and the preprocessing
+    the typed contract, whose plain-data form is what checkpoints store."""
+    dm = tiny_datamodule(tiny_bids, split_seed=4)
+    assert dm.split == resolve_split(list(dm.cases), None, seed=4, proportions=(6, 1, 1))
+    pre = dm.preprocessing()
+    first = load_case(dm.cases[dm.split["train"][0]])
+    assert pre == Preprocessing(
+        intensity_mode="divide",
+        intensity_divisor=255.0,
+        crop_size=(16, 12, 8),
+        eval_crop=(20, 24, 16),
+        spacing=spacing_of(first["affine"]),
+        grid_shape=first["image"].shape,
+    )
+    assert pre.to_dict() == {
+        "intensity_mode": "divide",
+        "intensity_divisor": 255.0,
+        "crop_size": [16, 12, 8],
+        "eval_crop": [20, 24, 16],
+        "spacing": [2.0, 2.0, 2.0],
+        "grid_shape": [24, 28, 20],
+    }
+    assert Preprocessing.from_dict(pre.to_dict()) == pre
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sampling": "middle"}, "sampling='middle' is not known; use one of uniform, foreground."),
+        ({"foreground_prob": 1.5}, r"foreground_prob=1.5 must lie in \[0, 1\]."),
+        ({"intensity_mode": "zscore"}, "intensity_mode='zscore' is not known; use one of divide"),
+    ],
+)
+def test_bad_datamodule_options_name_their_parameter(tiny_bids, kwargs, message):
+    """Before any scan is read; the training task adds the section (``data.sampling``)."""
+    with pytest.raises(StrokeSegError, match=f"^{message}"):
+        StrokeDataModule(root=str(tiny_bids), **kwargs)
+    with pytest.raises(StrokeSegError, match=f"^data\\.{message}"):
+        with config_section("data"):
+            StrokeDataModule(root=str(tiny_bids), **kwargs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -13,43 +12,23 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
 from stroke_seg.data.discovery import discover
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.evaluate import run
 from stroke_seg.metrics import SCAN_METRIC_KEYS
 from stroke_seg.report import TABLE2_HEADER
-from stroke_seg.train import run as train
-from tests.conftest import (
-    CONF_DIR,
+from tests.helpers import (
+    EVAL_FAST,
     REPO,
     TINY_AFFINE,
-    compose_train,
+    compose_eval,
+    read_rows,
     run_entry_point,
     write_nifti,
 )
 
-FAST = ["device=cpu", "mode=centre_crop", "bootstrap.n_resamples=200"]
 CI_CELL = re.compile(r"\d\.\d\d \(\d\.\d\d–\d\.\d\d\)")
-
-
-def compose_eval(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="evaluate", overrides=overrides)
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_bids, tmp_path_factory) -> Path:
-    """A real 2-epoch training run on the tiny set; returns its run folder."""
-    run_dir = tmp_path_factory.mktemp("eval_runs") / "zoom_in"
-    train(compose_train(run_dir, tiny_bids))
-    return run_dir
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader(path.open()))
 
 
 def _no_temporaries(folder: Path) -> bool:
@@ -59,10 +38,10 @@ def _no_temporaries(folder: Path) -> bool:
 def test_checkpoint_on_the_test_split_end_to_end(trained, tiny_bids, tmp_path):
     out = tmp_path / "eval"
     ckpt = trained / "checkpoints" / "last.ckpt"
-    run(compose_eval([f"ckpt={ckpt}", f"data.root={tiny_bids}", f"output={out}", *FAST]))
+    run(compose_eval([f"ckpt={ckpt}", f"data.root={tiny_bids}", f"output={out}", *EVAL_FAST]))
     test_subjects = json.loads((trained / "split.json").read_text())["test"]
 
-    rows = _rows(out / "cases.csv")
+    rows = read_rows(out / "cases.csv")
     assert [r["subject"] for r in rows] == test_subjects
     assert {"subject", "lesion_voxels", "lesion_mm3", *SCAN_METRIC_KEYS} <= set(rows[0])
     assert float(rows[0]["lesion_mm3"]) == 8.0 * int(rows[0]["lesion_voxels"])  # 2 mm voxels
@@ -80,6 +59,8 @@ def test_checkpoint_on_the_test_split_end_to_end(trained, tiny_bids, tmp_path):
     report = (out / "report.md").read_text()
     assert TABLE2_HEADER in report and CI_CELL.search(report)
     assert "Table 4" in report and "worst_case" in report and str(ckpt) in report
+    # evaluation scores in fp32 unless inference.amp=true (conf/evaluate.yaml)
+    assert "mode=centre_crop, tta=False, amp=False, device=cpu" in report
     assert (out / "dsc_vs_lesion_size.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "config.yaml").exists() and _no_temporaries(out)
 
@@ -103,11 +84,11 @@ def test_cli_compares_a_model_with_an_ensemble(trained, tiny_bids, tmp_path):
         "figures=true",
         f"data.root={tiny_bids}",
         f"output={out}",
-        *FAST,
+        *EVAL_FAST,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("final", "ensemble"):
-        assert [r["subject"] for r in _rows(out / name / "cases.csv")] == test
+        assert [r["subject"] for r in read_rows(out / name / "cases.csv")] == test
         assert json.loads((out / name / "summary.json").read_text())["n"] == 3
         assert (out / name / "dsc_vs_lesion_size.png").exists()
     report = (out / "report.md").read_text()
@@ -116,7 +97,7 @@ def test_cli_compares_a_model_with_an_ensemble(trained, tiny_bids, tmp_path):
     assert len(links) == 6 and all((out / link).exists() for link in links)
     assert not (REPO / "outputs").exists() and not (REPO / ".hydra").exists()
 
-    refused = _cli(f"output={out}", f"ckpt={last}", f"data.root={tiny_bids}", "device=cpu")
+    refused = _cli(f"output={out}", f"ckpt={last}", f"data.root={tiny_bids}")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1] == (
         f"error: output={out} already holds files; pass overwrite=true to replace them or "
@@ -151,7 +132,7 @@ def test_folder_mode_scores_a_perfect_prediction(tiny_bids, tmp_path):
             ]
         )
     )
-    rows = _rows(out / "cases.csv")
+    rows = read_rows(out / "cases.csv")
     assert [r["subject"] for r in rows] == [c.subject for c in cases[:4]]
     for row in rows:
         assert float(row["dsc"]) == 1.0 and float(row["hd_mm"]) == 0.0
@@ -182,7 +163,7 @@ def test_empty_prediction_under_both_policies(tiny_bids, tmp_path):
                 ]
             )
         )
-        missed = _rows(out / "cases.csv")[0]
+        missed = read_rows(out / "cases.csv")[0]
         assert missed["empty_case"] == "missed"
         hd = float(missed["hd_mm"])
         assert (math.isnan(hd) and math.isnan(expected_hd)) or hd == pytest.approx(expected_hd)
@@ -225,12 +206,12 @@ def test_split_comes_from_split_file_or_is_regenerated_like_training(trained, ti
                 f"data.root={tiny_bids}",
                 f"output={out}",
                 "data.split_proportions=[6,1,1]",
-                *FAST,
+                *EVAL_FAST,
             ]
         )
     )
     expected = json.loads((trained / "split.json").read_text())["test"]
-    assert [r["subject"] for r in _rows(out / "cases.csv")] == expected
+    assert [r["subject"] for r in read_rows(out / "cases.csv")] == expected
     assert "regenerated from data.split_seed=0" in (out / "report.md").read_text()
 
     split_file = tmp_path / "split.json"
@@ -251,11 +232,11 @@ def test_split_comes_from_split_file_or_is_regenerated_like_training(trained, ti
                 f"data.root={tiny_bids}",
                 f"output={out}",
                 f"split_file={split_file}",
-                *FAST,
+                *EVAL_FAST,
             ]
         )
     )
-    assert [r["subject"] for r in _rows(out / "cases.csv")] == ["sub-r001s003", "sub-r001s004"]
+    assert [r["subject"] for r in read_rows(out / "cases.csv")] == ["sub-r001s003", "sub-r001s004"]
 
 
 def test_user_errors_name_the_problem(tiny_bids, tmp_path):
@@ -271,7 +252,19 @@ def test_user_errors_name_the_problem(tiny_bids, tmp_path):
             [f"ckpt={tmp_path / 'absent.ckpt'}", f"data.root={tiny_bids}"],
             r"ckpt=.*absent\.ckpt does not exist",
         ),
-        ([f"ckpt={tmp_path / 'a.ckpt'}", "empty_policy=zero"], "empty_policy=zero is not known"),
+        (
+            [f"ckpt={tmp_path / 'a.ckpt'}", "empty_policy=zero"],
+            "empty_policy='zero' is not known; use one of worst_case, nan",
+        ),
+        (
+            [f"ckpt={tmp_path / 'a.ckpt'}", "inference.mode=whole"],
+            "inference.mode='whole' is not known; use one of auto, centre_crop, sliding_window",
+        ),
+        (
+            [f"ckpt={tmp_path / 'a.ckpt'}", "inference.overlap=1"],
+            r"inference.overlap=1.0 must lie in \[0, 1\)",
+        ),
+        ([f"ckpt={tmp_path / 'a.ckpt'}", "inference.tta=maybe"], "inference.tta='maybe' must be"),
         ([f"ckpt={tmp_path / 'a.ckpt'}", "models={x:y}"], "either ckpt= or models="),
     ]
     for overrides, message in cases:

@@ -14,27 +14,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from stroke_seg.errors import StrokeSegError
-from stroke_seg.validation import check_unique_subjects
+from stroke_seg.data.checks import check_unique_subjects
+from stroke_seg.data.io import Case
+from stroke_seg.errors import StrokeSegError, check_choice, option_error
 
+# Said with a missing or empty root. The command names the config group and key because it
+# is the one way to read data that needs no agreement; everything else names `root`.
 ATLAS_HELP = (
     "ATLAS needs a data-use agreement "
     "(https://fcon_1000.projects.nitrc.org/indi/retro/atlas.html); "
-    "download it and point data.root at the folder, or make the synthetic set with "
-    "`python -m stroke_seg.data.synthetic --out DIR` and use data=synthetic data.root=DIR"
+    "download it and pass its folder as root, or make the synthetic set with "
+    "`python -m stroke_seg.data.synthetic out=DIR` and train with data=synthetic "
+    "data.root=DIR"
 )
-
-
-@dataclass(frozen=True)
-class Case:
-    """One scan: a subject ID, its T1 image and one or more lesion mask files."""
-
-    subject: str
-    image: Path
-    masks: tuple[Path, ...]
 
 
 _V2_T1 = re.compile(
@@ -72,7 +66,7 @@ def discover_atlas_v2(root: str | Path) -> list[Case]:
 
 def discover_atlas_r12(root: str | Path) -> list[Case]:
     """Pairs in the ATLAS R1.2 layout; several ``LesionSmooth`` masks of a subject are kept
-    together and merged by voxel-wise maximum when loaded (REFERENCE_NOTES, Data)."""
+    together and merged by voxel-wise maximum when loaded (docs/paper.md "Data")."""
     root = _existing_root(root)
     cases = []
     for image in sorted(root.rglob("*_t1w_deface_stx.nii*")):
@@ -94,25 +88,22 @@ LAYOUTS: dict[str, Callable[[str | Path], list[Case]]] = {
 
 
 def discover(root: str | Path, layout: str) -> list[Case]:
-    """Dispatch on ``data.layout``."""
-    if layout not in LAYOUTS:
-        raise StrokeSegError(
-            f"data.layout={layout!r} is not known; use one of {', '.join(sorted(LAYOUTS))}."
-        )
+    """The cases under `root` in `layout` (one of `LAYOUTS`), sorted by subject ID."""
+    check_choice("layout", layout, sorted(LAYOUTS))
     return LAYOUTS[layout](root)
 
 
 def _existing_root(root: str | Path) -> Path:
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise StrokeSegError(f"data.root {path} does not exist. {ATLAS_HELP}.")
+        raise option_error("root", str(path), f"does not exist. {ATLAS_HELP}.")
     return path
 
 
 def _checked(cases: list[Case], root: Path, layout: str) -> list[Case]:
     if not cases:
-        raise StrokeSegError(
-            f"data.root {root} holds no scans in the {layout} layout. {ATLAS_HELP}."
+        raise option_error(
+            "root", str(root), f"holds no scans in the {layout} layout. {ATLAS_HELP}."
         )
     check_unique_subjects(((c.subject, c.image) for c in cases), root)
     return sorted(cases, key=lambda c: c.subject)

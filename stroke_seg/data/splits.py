@@ -8,6 +8,10 @@ into its run folder, so a result can always be traced to its subjects.
 Cross-validation (`fold_split`) re-cuts the train + val subjects of such a split into K
 folds; the test subjects stay where they are, so every fold model can be scored (and the
 fold models ensembled) on the same held-out scans (`stroke_seg.crossval`).
+
+`resolve_split` is the one place that turns (subjects, split file or seed, fold) into a
+split: training (`StrokeDataModule`) and evaluation (`stroke_seg.evaluate`) both call it, so
+evaluation regenerates exactly the split training used.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stroke_seg.errors import StrokeSegError
+from stroke_seg.atomic import write_json
+from stroke_seg.errors import StrokeSegError, option_error
 
 PAPER_SPLIT = (182, 26, 31)
 SPLIT_NAMES = ("train", "val", "test")
@@ -35,7 +40,7 @@ def make_split(
     ids = sorted(set(subjects))
     if len(ids) < 3:
         raise StrokeSegError(
-            f"A train/val/test split needs at least 3 subjects; data.root holds {len(ids)}."
+            f"A train/val/test split needs at least 3 subjects; {len(ids)} were found."
         )
     weights = np.asarray(proportions, dtype=float)
     n = len(ids)
@@ -63,15 +68,15 @@ def fold_split(
     """
     n_folds, fold = int(n_folds), int(fold)
     if n_folds < 2:
-        raise StrokeSegError(f"data.n_folds={n_folds}; cross-validation needs at least 2 folds.")
-    if not 0 <= fold < n_folds:
-        raise StrokeSegError(
-            f"data.fold={fold} must lie in 0..{n_folds - 1} (data.n_folds={n_folds})."
+        raise option_error(
+            "n_folds", n_folds, "is too few; cross-validation needs at least 2 folds."
         )
+    if not 0 <= fold < n_folds:
+        raise option_error("fold", fold, f"must lie in 0..{n_folds - 1} (n_folds={n_folds}).")
     pool = sorted(set(split["train"]) | set(split["val"]))
     if len(pool) < n_folds:
-        raise StrokeSegError(
-            f"data.n_folds={n_folds} is more than the {len(pool)} train + val subjects."
+        raise option_error(
+            "n_folds", n_folds, f"is more than the {len(pool)} train + val subjects."
         )
     order = np.random.default_rng([int(seed), n_folds]).permutation(len(pool))
     chunk = np.array_split(order, n_folds)[fold]
@@ -84,20 +89,50 @@ def fold_split(
     }
 
 
+def resolve_split(
+    subjects: Sequence[str],
+    split_file: str | Path | None,
+    seed: int,
+    proportions: Sequence[float] = PAPER_SPLIT,
+    fold: int | None = None,
+    n_folds: int = 5,
+) -> dict[str, list[str]]:
+    """The split of the discovered `subjects`: read from `split_file` when one is given,
+    else generated from `seed` in `proportions` (`make_split`); checked against `subjects`
+    either way. With `fold`, fold `fold` of `n_folds` over its train + val subjects
+    (`fold_split`, shuffled with the same `seed`)."""
+    subjects = list(subjects)
+    if split_file:
+        split = load_split(split_file, subjects)
+    else:
+        split = make_split(subjects, seed, proportions)
+        check_split(split, subjects)
+    if fold is not None:
+        split = fold_split(split, fold, n_folds, seed)
+    return split
+
+
 def load_split(path: str | Path, subjects: Sequence[str] | None = None) -> dict[str, list[str]]:
-    """Read a split file and check it against the discovered ``subjects``."""
+    """Read a split file and check it against the discovered ``subjects``.
+
+    Errors name the file as ``split_file=PATH``, the parameter it is given as; the task puts
+    that key under its config section (`stroke_seg.errors.config_section`).
+    """
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
-        raise StrokeSegError(f"data.split_file {path} does not exist.") from None
+        raise option_error("split_file", str(path), "does not exist.") from None
     except json.JSONDecodeError as err:
-        raise StrokeSegError(f"data.split_file {path} is not valid JSON ({err}).") from None
-    missing_keys = [k for k in SPLIT_NAMES if not isinstance(raw.get(k), list)]
+        raise option_error("split_file", str(path), f"is not valid JSON ({err}).") from None
+    missing_keys = [
+        k for k in SPLIT_NAMES if not isinstance(raw, dict) or not isinstance(raw.get(k), list)
+    ]
     if missing_keys:
-        raise StrokeSegError(
-            f"data.split_file {path} needs lists named {', '.join(SPLIT_NAMES)}; "
-            f"{', '.join(missing_keys)} missing."
+        raise option_error(
+            "split_file",
+            str(path),
+            f"needs lists named {', '.join(SPLIT_NAMES)}; {', '.join(missing_keys)} missing.",
         )
     split = {k: [str(s) for s in raw[k]] for k in SPLIT_NAMES}
     check_split(split, subjects, source=str(path))
@@ -124,14 +159,11 @@ def check_split(
         absent = [s for s in seen if s not in known]
         if absent:
             raise StrokeSegError(
-                f"{source} names {len(absent)} subject(s) not found under data.root "
-                f"(first: {absent[0]}); fix the split file or data.root."
+                f"{source} names {len(absent)} subject(s) not found among the scans of the "
+                f"data root (first: {absent[0]}); fix the split file or the data root."
             )
 
 
 def save_split(split: dict[str, list[str]], path: str | Path, **meta: object) -> Path:
-    """Write the split (plus provenance such as the seed) as JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**meta, **split}, indent=2) + "\n")
-    return path
+    """Write the split (plus provenance such as the seed) as JSON, atomically."""
+    return write_json(path, {**meta, **split})
