@@ -20,15 +20,54 @@ from stroke_seg.stats import summarize_by_size_quartile, summarize_cases
 # --------------------------------------------------------------------------------------
 
 
+# The definitions every summary.json records (docs/metrics.md), besides those read from the
+# rows (connectivity, empty policy, modes) and those the task adds (precision, split grouping).
+VOLUME_DIFFERENCE = (
+    "volume_diff_voxels = |sum(pred) - sum(ref)| in voxels (the ATLAS v2.0 challenge's); "
+    "volume_diff_ml = the same times the voxel volume, in ml"
+)
+TABLE4_GROUPS = (
+    "reference lesion voxels cut at np.percentile(sizes, [25, 50, 75]) (linear); each group "
+    "is [lower, upper), so a scan on a cut-off opens the group above it"
+)
+
+
+def definitions_of(
+    rows: Sequence[Mapping[str, Any]], empty_policy: str, n_resamples: int, seed: int
+) -> dict[str, Any]:
+    """Which definition produced the numbers of `rows`: the lesion connectivity and empty-mask
+    policy the rows were scored with, the spatial strategies that made the predictions, the
+    volume-difference units, the Table 4 grouping and the bootstrap."""
+    connectivity = sorted(
+        {int(r["lesion_connectivity"]) for r in rows if "lesion_connectivity" in r}
+    )
+    return {
+        "lesion_connectivity": connectivity[0] if len(connectivity) == 1 else connectivity,
+        "empty_policy": empty_policy,
+        "modes_used": sorted({str(r["mode"]) for r in rows if "mode" in r}),
+        "volume_difference": VOLUME_DIFFERENCE,
+        "table4_groups": TABLE4_GROUPS,
+        "bootstrap": f"percentile bootstrap of the mean, {n_resamples} resamples, seed {seed}",
+    }
+
+
 def summary_json(
-    rows: Sequence[Mapping[str, Any]], empty_policy: str, n_resamples: int = 1000, seed: int = 0
+    rows: Sequence[Mapping[str, Any]],
+    empty_policy: str,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    definitions: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The summary.json of one model, from `scan_metrics` rows (paper Tables 2 and 5).
 
     Shape: {"n", "metrics": {<metric>: {"mean", "median", "ci95": [lo, hi]}} for every
-    per-scan metric, "micro_dsc", "empty_policy", "empty_cases"}. nan values (undefined
+    per-scan metric, "micro_dsc", "empty_policy", "empty_cases", "definitions"} (plus
+    "by_empty_policy" when a scan is empty, and the `extra` entries). nan values (undefined
     metrics under the "nan" policy, mDSC without a probability map) are left out of the
-    statistics; a metric with no values has null statistics.
+    statistics; a metric with no values has null statistics. "definitions" is
+    `definitions_of` the rows updated with `definitions` (what the task knows: precision,
+    inference mode, split grouping), so a reader knows which definition gave each number.
     """
     stats = summarize_cases(rows, SCAN_METRIC_KEYS, n_resamples=n_resamples, seed=seed)
     metrics = {}
@@ -42,6 +81,11 @@ def summary_json(
         "empty_policy": empty_policy,
         "empty_cases": stats["empty_cases"],
         **({"by_empty_policy": stats["by_empty_policy"]} if "by_empty_policy" in stats else {}),
+        "definitions": {
+            **definitions_of(rows, empty_policy, n_resamples, seed),
+            **(definitions or {}),
+        },
+        **(extra or {}),
     }
 
 
@@ -116,14 +160,25 @@ def table4(quartiles: Sequence[Mapping[str, Any]]) -> str:
 
 
 def table5(summaries: Mapping[str, Mapping[str, Any]]) -> str:
-    """Paper Table 5: models side by side, with the micro-DSC (pooled over all voxels)."""
-    header = ["Methods", "DSC", "median DSC", "micro-DSC", *[c[1] for c in TABLE2_COLUMNS[1:]]]
+    """Paper Table 5: models side by side, with the micro-DSC (pooled over all voxels) and the
+    spatial strategy that made each row's predictions (the paper's ablation used the centre
+    crop for every model; docs/evaluation.md "Table 5")."""
+    header = [
+        "Methods",
+        "Inference",
+        "DSC",
+        "median DSC",
+        "micro-DSC",
+        *[c[1] for c in TABLE2_COLUMNS[1:]],
+    ]
     rows = []
     for name, s in summaries.items():
         m = s["metrics"]
+        modes = s.get("definitions", {}).get("modes_used") or ["–"]
         rows.append(
             [
                 name,
+                "+".join(modes),
                 format_ci(m["dsc"], 2),
                 _num(m["dsc"]["median"], 2),
                 _num(s["micro_dsc"], 2),

@@ -19,7 +19,7 @@ import numpy as np
 
 from stroke_seg.atomic import write_csv, write_json, write_text
 from stroke_seg.errors import check_choice
-from stroke_seg.metrics import SCAN_METRIC_KEYS, EmptyPolicy, scan_metrics
+from stroke_seg.metrics import DEFAULT_CONNECTIVITY, SCAN_METRIC_KEYS, EmptyPolicy, scan_metrics
 from stroke_seg.plotting import plot_dsc_vs_lesion_size
 from stroke_seg.report import render_report, size_quartiles, summary_json
 
@@ -34,17 +34,22 @@ CASE_COLUMNS = (
     "fn",
     "empty_case",
     "mode",
+    "lesion_connectivity",
 )
 EMPTY_POLICIES = ("worst_case", "nan")
 
 
 @dataclass
 class Scored:
-    """Per-scan rows of one model (or prediction folder), and its figures for report.md."""
+    """Per-scan rows of one model (or prediction folder), its figures for report.md, the
+    definitions that hold for it alone (e.g. its inference mode) and any other entries of
+    its summary.json (e.g. folder mode's unpaired files)."""
 
     name: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     figure_links: list[tuple[str, str]] = field(default_factory=list)
+    definitions: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def empty_policy(name: str) -> EmptyPolicy:
@@ -61,9 +66,11 @@ def score_row(
     prob: np.ndarray | None,
     policy: EmptyPolicy,
     mode: str,
+    connectivity: int = DEFAULT_CONNECTIVITY,
 ) -> dict[str, Any]:
-    """One cases.csv row: `scan_metrics` plus the subject, lesion size and prediction mode."""
-    row = scan_metrics(pred, ref, spacing, prob=prob, policy=policy)
+    """One cases.csv row: `scan_metrics` (lesions `connectivity`-connected) plus the subject,
+    lesion size and prediction mode."""
+    row = scan_metrics(pred, ref, spacing, prob=prob, policy=policy, connectivity=connectivity)
     return {
         "subject": subject,
         "lesion_voxels": row["ref_voxels"],
@@ -81,14 +88,24 @@ def write_results(
     policy_name: str,
     n_resamples: int,
     seed: int,
+    definitions: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """cases.csv, summary.json and dsc_vs_lesion_size.png per model (in ``output /
-    prefix[name]``), then report.md; returns {name: summary.json contents}."""
+    prefix[name]``), then report.md; returns {name: summary.json contents}. `definitions`
+    (e.g. the precision and split grouping of a run) join each summary's ``definitions``
+    with the model's own (`Scored.definitions`)."""
     summaries, quartiles, scatters, links = {}, {}, {}, {}
     for res in results:
         folder = output / prefix[res.name]
         write_csv(folder / "cases.csv", res.rows, CASE_COLUMNS)
-        summaries[res.name] = summary_json(res.rows, policy_name, n_resamples, seed)
+        summaries[res.name] = summary_json(
+            res.rows,
+            policy_name,
+            n_resamples,
+            seed,
+            definitions={**(definitions or {}), **res.definitions},
+            extra=res.extra,
+        )
         write_json(folder / "summary.json", summaries[res.name])
         quartiles[res.name] = size_quartiles(res.rows, n_resamples, seed)
         scatters[res.name] = f"{prefix[res.name]}dsc_vs_lesion_size.png"

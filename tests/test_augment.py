@@ -100,9 +100,9 @@ def test_bad_augmentation_settings_are_named(tiny_bids, change, message):
             tiny_datamodule(tiny_bids, augmentation={**NONE, **change})
     partial = dict(NONE)
     del partial["noise_std"]
-    with pytest.raises(StrokeSegError, match="^augmentation.noise_std=None is missing"):
+    with pytest.raises(StrokeSegError, match="^augmentation.noise_std= is missing"):
         augmentation_transforms(partial)
-    with pytest.raises(StrokeSegError, match="^data.augmentation.noise_std=None is missing"):
+    with pytest.raises(StrokeSegError, match="^data.augmentation.noise_std= is missing"):
         with config_section("data"):
             augmentation_transforms(partial)
 

@@ -13,9 +13,23 @@ from stroke_seg.data.discovery import discover, discover_atlas_r12, discover_atl
 from stroke_seg.data.io import load_case, spacing_of
 from stroke_seg.data.preprocessing import Preprocessing
 from stroke_seg.data.samplers import EpochSampler
-from stroke_seg.data.splits import fold_split, load_split, make_split, resolve_split, save_split
+from stroke_seg.data.splits import (
+    fold_split,
+    load_split,
+    make_split,
+    resolve_split,
+    save_split,
+    scan_groups,
+    subject_group,
+)
 from stroke_seg.errors import StrokeSegError, config_section
-from tests.helpers import bids_paths, tiny_datamodule, tiny_scan, write_nifti
+from tests.helpers import (
+    bids_paths,
+    make_r12_tree,
+    tiny_datamodule,
+    tiny_scan,
+    write_nifti,
+)
 
 
 def test_bids_discovery_pairs_images_and_masks(tiny_bids):
@@ -35,8 +49,9 @@ def test_bids_subject_with_two_sessions_gets_unique_ids(tmp_path):
         t1, lab = bids_paths(tmp_path, "R002", "sub-r002s001", ses)
         write_nifti(t1, image)
         write_nifti(lab, mask)
-    ids = [c.subject for c in discover_atlas_v2(tmp_path)]
-    assert ids == ["sub-r002s001_ses-1", "sub-r002s001_ses-2"]
+    cases = discover_atlas_v2(tmp_path)
+    assert [c.subject for c in cases] == ["sub-r002s001_ses-1", "sub-r002s001_ses-2"]
+    assert [c.group for c in cases] == ["sub-r002s001", "sub-r002s001"]  # one subject
 
 
 def test_bids_image_without_mask_is_named(tmp_path):
@@ -109,6 +124,133 @@ def test_image_and_mask_on_different_grids_are_refused(tmp_path, what):
     case = discover_atlas_v2(tmp_path)[0]
     with pytest.raises(StrokeSegError, match=f"mask.nii.gz .*{what}.*share one voxel grid"):
         load_case(case)
+
+
+# ---- splits by subject: ATLAS R1.2 time points and v2.0 sessions stay together ----------
+
+# Scan number -> time points: six of the twelve subjects were scanned twice.
+TWICE = {2: 2, 3: 2, 5: 2, 8: 2, 11: 2, 12: 2}
+
+
+def _lists_of_subjects(split: dict[str, list[str]]) -> dict[str, set[str]]:
+    """{subject (group): the split lists holding its scans}."""
+    found: dict[str, set[str]] = {}
+    for name, scans in split.items():
+        for sid in scans:
+            found.setdefault(subject_group(sid), set()).add(name)
+    return found
+
+
+def test_r12_time_points_get_their_own_ids_and_one_group(tmp_path):
+    cases = discover_atlas_r12(make_r12_tree(tmp_path, 12, TWICE))
+    ids = [c.subject for c in cases]
+    assert len(ids) == 18 == len(set(ids))
+    assert ids[:5] == ["000001", "000002_t01", "000002_t02", "000003_t01", "000003_t02"]
+    twice = [c for c in cases if c.subject.startswith("000002")]
+    assert [c.image.parent.name for c in twice] == ["t01", "t02"]
+    assert {c.group for c in twice} == {"000002"} and cases[0].group == "000001"
+    # Training passes scan IDs only: the ID gives the same group discovery stored.
+    assert all(subject_group(c.subject) == c.group for c in cases)
+    assert len(scan_groups(ids)) == 12
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_no_subject_is_split_across_lists_or_folds(tmp_path_factory, seed):
+    root = tmp_path_factory.getbasetemp() / "r12_twice"
+    if not root.exists():
+        make_r12_tree(root, 12, TWICE)
+    cases = discover_atlas_r12(root)
+    ids, groups = [c.subject for c in cases], {c.subject: c.group for c in cases}
+    for given in (groups, None):  # evaluation passes the groups, training the IDs only
+        split = resolve_split(ids, None, seed, proportions=(6, 3, 3), groups=given)
+        assert sorted(split["train"] + split["val"] + split["test"]) == sorted(ids)
+        assert all(len(lists) == 1 for lists in _lists_of_subjects(split).values())
+        # The proportions count subjects, not scans: 12 subjects -> 6 / 3 / 3.
+        assert [len({subject_group(s) for s in split[k]}) for k in split] == [6, 3, 3]
+        vals = []
+        for fold in range(3):
+            folded = resolve_split(ids, None, seed, (6, 3, 3), fold, 3, groups=given)
+            assert folded["test"] == split["test"]
+            assert all(len(lists) == 1 for lists in _lists_of_subjects(folded).values())
+            vals += folded["val"]
+        assert sorted(vals) == sorted(split["train"] + split["val"])  # the folds cover the pool
+
+
+def test_datamodule_keeps_a_subjects_time_points_together(tmp_path):
+    root = make_r12_tree(tmp_path, 12, TWICE)
+    for seed in range(4):
+        dm = StrokeDataModule(
+            str(root), layout="atlas_r12", split_seed=seed, split_proportions=(6, 3, 3)
+        )
+        split = dm.resolve_split()
+        assert sum(len(v) for v in split.values()) == 18
+        assert all(len(lists) == 1 for lists in _lists_of_subjects(split).values())
+
+
+def test_bids_sessions_of_one_subject_stay_in_one_list(tmp_path):
+    rng = np.random.default_rng(5)
+    for i in range(1, 7):
+        for ses in ("1", "2") if i % 2 else ("1",):
+            image, mask = tiny_scan(rng)
+            t1, lab = bids_paths(tmp_path, "R001", f"sub-r001s{i:03d}", ses)
+            write_nifti(t1, image)
+            write_nifti(lab, mask)
+    cases = discover_atlas_v2(tmp_path)
+    assert len(cases) == 9 and len({c.group for c in cases}) == 6
+    ids, groups = [c.subject for c in cases], {c.subject: c.group for c in cases}
+    for seed in range(6):
+        split = resolve_split(ids, None, seed, (4, 1, 1), groups=groups)
+        assert all(len(lists) == 1 for lists in _lists_of_subjects(split).values())
+
+
+def test_a_split_file_that_separates_time_points_is_refused(tmp_path):
+    root = make_r12_tree(tmp_path / "data", 4, {2: 2})
+    ids = [c.subject for c in discover_atlas_r12(root)]
+    assert ids == ["000001", "000002_t01", "000002_t02", "000003", "000004"]
+    leaky = {"train": ["000001", "000002_t01"], "val": ["000003"], "test": ["000002_t02"]}
+    path = save_split(leaky, tmp_path / "split.json")
+    message = (
+        rf"^{path} puts the scans of subject 000002 in 2 lists \(000002_t01 in train and "
+        r"000002_t02 in test\); move all of a subject's time points or sessions into one list\.$"
+    )
+    with pytest.raises(StrokeSegError, match=message):
+        resolve_split(ids, path, seed=0)
+    with pytest.raises(StrokeSegError, match=message):
+        load_split(path)  # without the data root too: the IDs say which scans belong together
+    together = {"train": ["000001", "000002_t01", "000002_t02"], "val": ["000003"], "test": []}
+    assert load_split(save_split(together, tmp_path / "ok.json"), ids) == together
+
+
+def test_one_scan_per_subject_splits_as_before():
+    """Grouping changes nothing when every subject has one scan: the lists below are those
+    the ungrouped code (commit 595c41b) gave for the same seeds."""
+    synthetic = [f"sub-r001s{i:03d}" for i in range(1, 9)]
+    assert make_split(synthetic, 0, (6, 1, 1)) == {
+        "train": [f"sub-r001s00{i}" for i in (1, 3, 4, 5, 6, 7)],
+        "val": ["sub-r001s002"],
+        "test": ["sub-r001s008"],
+    }
+    sites = [f"sub-r{i:03d}s001" for i in range(1, 13)]
+    split = make_split(sites, 5)
+    assert split["val"] == ["sub-r011s001"]
+    assert split["test"] == ["sub-r006s001", "sub-r009s001"]
+    assert fold_split(split, 1, 3, 5)["val"] == ["sub-r003s001", "sub-r005s001", "sub-r010s001"]
+    paper = make_split([f"s{i:03d}" for i in range(239)], 0)
+    assert paper["test"] == [
+        f"s{i:03d}"
+        for i in (7, 14, 29, 31, 33, 46, 58, 59, 69, 73, 76, 77, 78, 95, 104, 113, 115, 120)
+        + (121, 127, 166, 169, 176, 182, 184, 191, 207, 222, 223, 228, 238)
+    ]
+    assert fold_split(paper, 2, 5, 0)["val"][:8] == [
+        "s001",
+        "s006",
+        "s008",
+        "s011",
+        "s032",
+        "s039",
+        "s047",
+        "s049",
+    ]
 
 
 def test_split_is_reproducible_and_follows_paper_proportions():

@@ -30,11 +30,21 @@ _MAX_DEFLATE_RATIO = 1032
 
 @dataclass(frozen=True)
 class Case:
-    """One scan: a subject ID, its T1 image and one or more lesion mask files."""
+    """One scan: a subject ID, its T1 image and one or more lesion mask files.
+
+    `group` is the subject the scan belongs to when a subject has several scans (time points,
+    sessions), which splits keep in one list (`stroke_seg.data.splits`); it defaults to the
+    subject ID.
+    """
 
     subject: str
     image: Path
     masks: tuple[Path, ...]
+    group: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.group is None:
+            object.__setattr__(self, "group", self.subject)  # frozen: set once, here
 
 
 def _first_line(err: BaseException) -> str:

@@ -81,3 +81,26 @@ def tiny_datamodule(root: Path, **kwargs: object):
     dm = StrokeDataModule(**args)
     dm.setup("fit")
     return dm
+
+
+def r12_paths(root: Path, site: str, sid: str, time_point: str = "t01") -> tuple[Path, Path]:
+    """The T1 and (first) lesion mask of one ATLAS R1.2 scan:
+    ``<site>/<sid>/<time point>/<sid>_t1w_deface_stx.nii.gz``."""
+    folder = root / site / sid / time_point
+    return folder / f"{sid}_t1w_deface_stx.nii.gz", folder / f"{sid}_LesionSmooth_stx.nii.gz"
+
+
+def make_r12_tree(
+    root: Path, n: int = 12, time_points: dict[int, int] | None = None, seed: int = 0
+) -> Path:
+    """`n` tiny subjects ``000001``..``0000nn`` in the ATLAS R1.2 layout (sites of four); each
+    has one time point (t01) unless `time_points` gives subject number -> how many."""
+    rng = np.random.default_rng(seed)
+    for i in range(1, n + 1):
+        sid = f"{i:06d}"
+        for t in range(1, (time_points or {}).get(i, 1) + 1):
+            image, mask = tiny_scan(rng)
+            t1, lab = r12_paths(root, f"Site{(i - 1) // 4 + 1}", sid, f"t{t:02d}")
+            write_nifti(t1, image)
+            write_nifti(lab, mask)
+    return root
