@@ -117,10 +117,6 @@ atlas2_grand_challenge, isles/scoring.py since commit 55b9524 "removed cc3d requ
 `scipy.ndimage.label` with its default structure, which is 6-connectivity in 3-D. Every
 `scan_metrics` row records the value it used as `lesion_connectivity`."""
 
-# 26-connectivity: the ATLAS v2.0 challenge's earlier cc3d-based scoring, and predict.py's
-# per-mask lesion count.
-CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
-
 
 def lesion_structure(connectivity: int = DEFAULT_CONNECTIVITY) -> np.ndarray:
     """The 3x3x3 `scipy.ndimage.label` structure of a lesion connectivity (6, 18 or 26)."""

@@ -42,7 +42,7 @@ from stroke_seg.data.checks import check_image, same_grid
 from stroke_seg.data.io import read_nifti, spacing_of
 from stroke_seg.errors import StrokeSegError, config_section
 from stroke_seg.inference import Predictor
-from stroke_seg.metrics import CONNECTIVITY_26
+from stroke_seg.metrics import DEFAULT_CONNECTIVITY, lesion_structure
 from stroke_seg.outputs import safe_output_path
 from stroke_seg.plotting import plot_case_slices
 
@@ -171,7 +171,7 @@ def check_output(
 def lesion_stats(mask: np.ndarray, spacing: Sequence[float]) -> dict[str, Any]:
     """Lesion voxels, volume in mm³ and the number of 26-connected lesions of a mask."""
     voxels = int(np.count_nonzero(mask))
-    _, n_lesions = ndimage.label(mask > 0, structure=CONNECTIVITY_26)
+    _, n_lesions = ndimage.label(mask > 0, structure=lesion_structure(DEFAULT_CONNECTIVITY))
     return {
         "lesion_voxels": voxels,
         "lesion_volume_mm3": round(voxels * float(np.prod(spacing)), 3),
