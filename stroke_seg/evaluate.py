@@ -36,6 +36,7 @@ from stroke_seg.data.splits import SPLIT_NAMES, check_split, load_split, make_sp
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.inference import Predictor
 from stroke_seg.metrics import SCAN_METRIC_KEYS, EmptyPolicy, scan_metrics
+from stroke_seg.postprocess import choose_min_lesion_mm3, chosen_value, component_stats
 from stroke_seg.report import (
     check_output_dir,
     plot_dsc_vs_lesion_size,
@@ -323,6 +324,54 @@ def score_folder(
     return result
 
 
+def choose_postprocessing(
+    cfg: DictConfig,
+    predictors: Mapping[str, Predictor],
+    checkpoints: Sequence[str],
+    output: Path,
+) -> dict[str, dict[str, Any]]:
+    """Set each predictor's ``min_lesion_mm3`` from ``cfg.min_lesion_mm3``: a number, a
+    postprocessing.json, or ``auto``: chosen per model on the val split of data.root the
+    nnU-Net way (`stroke_seg.postprocess.choose_min_lesion_mm3`) and written to
+    ``output/postprocessing.json``. Returns {model name: record} for the report."""
+    value = cfg.get("min_lesion_mm3", 0) or 0
+    if str(value) != "auto":
+        records = {}
+        for name, predictor in predictors.items():
+            predictor.min_lesion_mm3 = chosen_value(value, name)
+            records[name] = {"min_lesion_mm3": predictor.min_lesion_mm3, "source": str(value)}
+        return records
+    val_cfg = OmegaConf.merge(cfg, {"split": "val"})
+    cases, source = select_cases(val_cfg, checkpoints)
+    stats: dict[str, list] = {name: [] for name in predictors}
+    for case in tqdm(cases, desc="choose min_lesion_mm3 (val)", unit="scan"):
+        loaded = load_case(case, cfg.data.get("mask_threshold"))
+        for name, predictor in predictors.items():
+            predictor.min_lesion_mm3 = 0.0
+            result = predictor.predict(loaded["image"], loaded["affine"])
+            stats[name].append(
+                component_stats(
+                    result.mask, loaded["label"], loaded["spacing"], predictor.connectivity
+                )
+            )
+    records = {}
+    for name, predictor in predictors.items():
+        record = choose_min_lesion_mm3(stats[name])
+        record.update({"connectivity": predictor.connectivity, "chosen_on": f"val: {source}"})
+        predictor.min_lesion_mm3 = record["min_lesion_mm3"]
+        records[name] = record
+        log.info(
+            "%s: min_lesion_mm3=%g chosen on %d val scans (mean DSC %.3f, %.3f without)",
+            name,
+            record["min_lesion_mm3"],
+            record["n_scans"],
+            record["best_dsc"],
+            record["baseline_dsc"],
+        )
+    write_json_atomic(output / "postprocessing.json", records)
+    return records
+
+
 # --------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------
@@ -365,6 +414,12 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     figures = bool(cfg.figures)
 
     if cfg.get("predictions"):
+        value = cfg.get("min_lesion_mm3", 0) or 0
+        if str(value) == "auto" or str(value).endswith(".json") or chosen_value(value) > 0:
+            raise StrokeSegError(
+                "min_lesion_mm3 post-processes predictions made here (ckpt= or models=); for "
+                "masks on disk run predict.py with min_lesion_mm3= first, or set it to 0."
+            )
         cases = discover(cfg.labels, cfg.data.layout)
         facts = [
             ("predictions", str(cfg.predictions)),
@@ -389,6 +444,7 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         }
         all_ckpts = [p for paths in sets.values() for p in paths]
         cases, source = select_cases(cfg, all_ckpts)
+        post = choose_postprocessing(cfg, predictors, all_ckpts, output)
         multi = len(sets) > 1
         prefix = {name: (f"{name}/" if multi else "") for name in sets}
         facts = [(f"model {name}", ", ".join(paths)) for name, paths in sets.items()]
@@ -403,6 +459,14 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
                 + f", tta={cfg.tta}, amp={cfg.amp}, device={first.device}",
             ),
             ("preprocessing", str(first.preprocessing)),
+            (
+                "post-processing",
+                ", ".join(
+                    f"{name}: min_lesion_mm3={rec['min_lesion_mm3']:g}"
+                    for name, rec in post.items()
+                )
+                + f" ({cfg.get('min_lesion_mm3', 0)}; {first.connectivity}-connectivity)",
+            ),
         ]
         log.info("Evaluating %d models on %d scans (%s)", len(sets), len(cases), source)
         results = score_models(

@@ -42,6 +42,7 @@ from stroke_seg.errors import StrokeSegError
 from stroke_seg.inference import Predictor
 from stroke_seg.metrics import CONNECTIVITY_26
 from stroke_seg.plotting import plot_case_slices
+from stroke_seg.postprocess import chosen_value
 from stroke_seg.report import save_nifti_atomic, write_csv_atomic
 from stroke_seg.safe_io import safe_output_path
 from stroke_seg.validation import check_image, same_grid
@@ -253,6 +254,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         overlap=float(cfg.overlap),
         device=str(cfg.device),
         amp=bool(cfg.amp),
+        min_lesion_mm3=chosen_value(cfg.get("min_lesion_mm3", 0) or 0),
     )
     log.info(
         "Predicting %d scan(s) on %s into %s (%d finished before, kept)",
