@@ -46,6 +46,7 @@ def check_config(cfg: DictConfig, run_dir: Path) -> None:
         raise StrokeSegError(
             "Pass either ckpt= (start a stage from weights) or resume= (continue a run), not both."
         )
+    check_snapshot_epochs(cfg)
     if cfg.resume:
         read_checkpoint(cfg.resume, key="resume")  # plain data only, or one clear sentence
     existing = run_dir / "checkpoints"
@@ -54,6 +55,33 @@ def check_config(cfg: DictConfig, run_dir: Path) -> None:
             f"Run folder {run_dir} already holds checkpoints; pass resume={existing}/last.ckpt "
             "to continue it, name=<new name> for a new run, or overwrite=true to replace it."
         )
+
+
+def check_snapshot_epochs(cfg: DictConfig) -> list[int]:
+    """Snapshot epochs must lie in 1..max_epochs (a later one would silently never be saved);
+    one that is not the end of a whole cosine cycle (a multiple of
+    optim.restart_period_epochs) is allowed but warned about: the snapshot ensemble of the
+    paper (Sec. 2.4, after Huang et al. 2017) takes the models at the cycles' ends, where the
+    learning rate has annealed to eta_min, and a mid-cycle model is a worse member."""
+    epochs = [int(e) for e in (cfg.stage.get("snapshot_epochs") or [])]
+    max_epochs = int(cfg.stage.max_epochs)
+    outside = [e for e in epochs if not 1 <= e <= max_epochs]
+    if outside:
+        raise StrokeSegError(
+            f"stage.snapshot_epochs={epochs} lists epoch {outside[0]}, outside 1..{max_epochs} "
+            "(stage.max_epochs); list epochs the stage reaches, e.g. the ends of its cycles."
+        )
+    period = int(cfg.optim.get("restart_period_epochs") or 0)
+    mid = [e for e in epochs if period > 0 and e % period != 0]
+    if mid:
+        log.warning(
+            "stage.snapshot_epochs %s: %s not at the end of a cosine cycle (every %d epochs); "
+            "snapshot ensembles take the models at cycle ends.",
+            epochs,
+            mid,
+            period,
+        )
+    return epochs
 
 
 # What a training run writes into its folder (Hydra's own .hydra/ and train.log belong to the

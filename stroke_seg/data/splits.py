@@ -30,7 +30,9 @@ def make_split(
     """Shuffle the sorted subject IDs with ``seed`` and cut them in ``proportions``.
 
     Sorting first makes the split independent of discovery order; val and test get at
-    least one subject each whenever there are three or more subjects.
+    least one subject each whenever there are three or more subjects, except that a test
+    proportion of exactly 0 gives an empty test list (train/val only, for data whose test
+    scans are a separate set, as the demo's).
     """
     ids = sorted(set(subjects))
     if len(ids) < 3:
@@ -40,7 +42,7 @@ def make_split(
     weights = np.asarray(proportions, dtype=float)
     n = len(ids)
     n_val = max(1, int(round(n * weights[1] / weights.sum())))
-    n_test = max(1, int(round(n * weights[2] / weights.sum())))
+    n_test = 0 if weights[2] == 0 else max(1, int(round(n * weights[2] / weights.sum())))
     order = np.random.default_rng(seed).permutation(n)
     shuffled = [ids[i] for i in order]
     split = {
