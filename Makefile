@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 DEMO_SUBJECTS ?= 40
 DEMO_DATA ?= data/synthetic_2mm
-# Extra flags for `make bench`, e.g. BENCH_ARGS="--sections train --options fp32,bf16".
+# Extra key=value overrides for `make bench` (conf/bench.yaml), e.g.
+# BENCH_ARGS="sections=[train] options=[fp32,bf16]" or BENCH_ARGS="device=cuda all=true".
 BENCH_ARGS ?=
 STAMP := $(VENV)/.installed
 
@@ -28,7 +29,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install torch + stroke_seg (+ test tools)
 
 demo: $(STAMP) ## synthetic data at 2 mm, zoom-in, zoom-out, evaluation on the test split (CPU, < 15 min)
-	$(BIN)/python -m stroke_seg.data.synthetic --out $(DEMO_DATA) --n $(DEMO_SUBJECTS) --seed 0 --spacing 2
+	$(BIN)/python -m stroke_seg.data.synthetic out=$(DEMO_DATA) n=$(DEMO_SUBJECTS) seed=0 spacing=2
 	$(BIN)/python train.py experiment=demo stage=zoom_in overwrite=true
 	$(BIN)/python train.py experiment=demo stage=zoom_out overwrite=true ckpt=runs/demo/zoom_in/checkpoints/last.ckpt
 	@$(BIN)/python -c "import json; s = json.load(open('runs/demo/zoom_out/summary.json')); print(f\"demo: final validation DSC {s['final_val_dsc']:.3f} after zoom-in&out ({s['n_val']} held-out synthetic scans)\")"
@@ -50,8 +51,8 @@ format: $(STAMP) ## ruff format + autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP) ## time training steps, data loading, inference and evaluation here -> bench/results.json (CPU: ~15 min)
-	$(BIN)/python -m stroke_seg.bench --out bench/results.json $(BENCH_ARGS)
+bench: $(STAMP) ## time training, data loading, inference, evaluation here -> bench/results.json (CPU: ~15 min; BENCH_ARGS="key=value ...")
+	$(BIN)/python -m stroke_seg.bench out=bench/results.json $(BENCH_ARGS)
 
 clean: ## remove run outputs and caches (keeps .venv and data/)
 	rm -rf runs outputs multirun .pytest_cache .ruff_cache bench

@@ -5,31 +5,32 @@ Train the folds with a multirun (docs/scaling.md)::
     python train.py -m name=cv data.fold=0,1,2,3,4 data.n_folds=5 \\
         'hydra.sweep.subdir=fold${data.fold}_${stage.name}'
 
-then aggregate::
+then aggregate (``conf/crossval.yaml``; ``python -m stroke_seg.crossval`` is the same)::
 
-    python -m stroke_seg.crossval --runs runs/cv/multirun [--stage zoom_in] [--checkpoint last.ckpt]
+    stroke-seg-crossval runs=runs/cv/multirun [stage_name=zoom_in] [checkpoint=last.ckpt]
 
 Every fold shares the test subjects (`stroke_seg.data.splits.fold_split` re-cuts only train +
 val), so each fold model is scored on the same held-out scans and the fold models can be
 ensembled there by averaging their probabilities — the same average that
 `stroke_seg.inference.Predictor` takes over a list of checkpoints, computed here from each
-fold's own prediction so that every network runs once per scan. Written to ``--output``:
+fold's own prediction so that every network runs once per scan. The models are applied as
+the ``inference`` config group says (fp32 by default, as evaluation). Written to ``output``:
 
 * ``crossval.json`` / ``crossval.md``: per fold the validation DSC of its training run and its
   test metrics; across folds the mean and SD of those; the pooled (out-of-fold) validation
   DSC, i.e. the scan-weighted mean over the folds' disjoint validation sets; and the
   ensemble's test metrics with bootstrap CIs;
-* ``fold<K>/`` and ``ensemble/``: cases.csv and summary.json as `evaluate.py` writes them,
-  and ``report.md`` with the paper's tables for all of them side by side.
+* ``fold<K>/`` and ``ensemble/``: cases.csv and summary.json as `evaluate.py` writes them
+  (`stroke_seg.scoring`), and ``report.md`` with the paper's tables for all of them side by
+  side.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,13 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from stroke_seg.atomic import write_json, write_text
 from stroke_seg.data.discovery import discover
 from stroke_seg.data.io import load_case
-from stroke_seg.errors import StrokeSegError, exit_on_user_error
-from stroke_seg.evaluate import Scored, score_row, write_results
-from stroke_seg.inference import Predictor, load_model
-from stroke_seg.metrics import EmptyPolicy
-from stroke_seg.report import check_output_dir, write_json_atomic, write_text_atomic
+from stroke_seg.errors import StrokeSegError, config_section
+from stroke_seg.inference import Predictor, check_ensemble
+from stroke_seg.outputs import check_output_dir
+from stroke_seg.scoring import Scored, empty_policy, score_row, write_results
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,7 @@ def find_fold_runs(runs: str | Path, stage: str | None, checkpoint: str) -> list
     run lacks its checkpoint."""
     root = Path(runs).expanduser()
     if not root.is_dir():
-        raise StrokeSegError(
-            f"--runs {root} is not a folder; pass the multirun folder of the folds."
-        )
+        raise StrokeSegError(f"runs={root} is not a folder; pass the multirun folder of the folds.")
     found: list[FoldRun] = []
     for config_path in sorted(root.rglob("config.yaml")):
         run_dir = config_path.parent
@@ -99,7 +98,7 @@ def find_fold_runs(runs: str | Path, stage: str | None, checkpoint: str) -> list
         if not ckpt.is_file():
             raise StrokeSegError(
                 f"{run_dir} (fold {data['fold']}) has no checkpoints/{checkpoint}; has it finished "
-                "training? Pass --checkpoint to use another file."
+                "training? Pass checkpoint= to use another file."
             )
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -125,7 +124,7 @@ def find_fold_runs(runs: str | Path, stage: str | None, checkpoint: str) -> list
     stages = sorted({f.stage for f in found})
     if len(stages) > 1:
         raise StrokeSegError(
-            f"{root} holds fold runs of stages {', '.join(stages)}; pass --stage to choose one."
+            f"{root} holds fold runs of stages {', '.join(stages)}; pass stage_name= to choose one."
         )
     folds = [f.fold for f in found]
     repeated = sorted({k for k in folds if folds.count(k) > 1})
@@ -133,7 +132,7 @@ def find_fold_runs(runs: str | Path, stage: str | None, checkpoint: str) -> list
         dirs = [str(f.run_dir) for f in found if f.fold == repeated[0]]
         raise StrokeSegError(
             f"Fold {repeated[0]} was trained more than once under {root} ({', '.join(dirs)}); "
-            "point --runs at one cross-validation."
+            "point runs= at one cross-validation."
         )
     n_folds = {f.n_folds for f in found}
     if len(n_folds) > 1:
@@ -175,47 +174,39 @@ def pooled_val_dsc(folds: Sequence[FoldRun]) -> float:
 
 def run_crossval(
     runs: str | Path,
-    output: str | Path | None = None,
-    stage: str | None = None,
-    checkpoint: str = "last.ckpt",
-    data_root: str | None = None,
-    mode: str = "auto",
-    tta: bool = False,
-    overlap: float = 0.5,
-    device: str = "auto",
-    amp: bool = True,
-    n_resamples: int = 1000,
-    seed: int = 0,
-    empty_policy: str = "worst_case",
-    overwrite: bool = False,
+    *,
+    output: str | Path | None,
+    stage: str | None,
+    checkpoint: str,
+    data_root: str | None,
+    inference: Mapping[str, Any],
+    n_resamples: int,
+    seed: int,
+    policy_name: str,
+    overwrite: bool,
 ) -> dict[str, Any]:
     """Score each fold's model and the fold ensemble on the shared test split; returns the
-    contents of crossval.json (see the module docstring)."""
+    contents of crossval.json (see the module docstring). The options are those of
+    conf/crossval.yaml, where their defaults are (`run` passes them)."""
     folds = find_fold_runs(runs, stage, checkpoint)
-    try:
-        policy = EmptyPolicy.from_name(empty_policy)
-    except ValueError:
-        raise StrokeSegError(
-            f"--empty-policy {empty_policy} is not known; use worst_case or nan."
-        ) from None
-    out = check_output_dir(
-        output or Path(runs) / f"crossval_{folds[0].stage}", overwrite, key="--output"
-    )
+    policy = empty_policy(policy_name)
+    out = check_output_dir(output or Path(runs) / f"crossval_{folds[0].stage}", overwrite)
     root = data_root or folds[0].data_root
-    cases = {c.subject: c for c in discover(root, folds[0].layout)}
+    with config_section("data"):  # root and layout are the training runs' data.root/layout
+        cases = {c.subject: c for c in discover(root, folds[0].layout)}
     test = sorted(folds[0].split["test"])
     absent = [s for s in test if s not in cases]
     if not test or absent:
         raise StrokeSegError(
             f"The folds' test split lists {len(test)} subjects, {len(absent)} of them not under "
-            f"{root}" + (f" (first: {absent[0]})" if absent else "") + "; pass --data-root."
+            f"{root}" + (f" (first: {absent[0]})" if absent else "") + "; pass data_root=."
         )
-    models = [load_model(f.checkpoint) for f in folds]
-    kwargs = dict(mode=mode, tta=tta, overlap=overlap, device=device, amp=amp)
-    Predictor(models, **kwargs)  # refuses fold models that read scans differently
-    predictors = {
-        f"fold{f.fold}": Predictor([m], **kwargs) for f, m in zip(folds, models, strict=True)
-    }
+    with config_section("inference"):
+        predictors = {
+            f"fold{f.fold}": Predictor.from_config(f.checkpoint, inference) for f in folds
+        }
+    models = [predictor.models[0] for predictor in predictors.values()]
+    check_ensemble(models)  # refuses fold models that read scans differently
     scored = {name: Scored(name, [], []) for name in [*predictors, "ensemble"]}
     for subject in tqdm(test, desc="cross-validation", unit="scan"):
         loaded = load_case(cases[subject])
@@ -241,7 +232,11 @@ def run_crossval(
         ("data", f"{root} (layout {folds[0].layout})"),
         ("test split", f"{len(test)} scans, shared by every fold"),
         ("ensemble", "mean probability of the fold models"),
-        ("inference", f"mode={mode}, tta={tta}, device={next(iter(predictors.values())).device}"),
+        (
+            "inference",
+            f"mode={inference['mode']}, tta={inference['tta']}, "
+            f"device={next(iter(predictors.values())).device}",
+        ),
     ]
     summaries = write_results(out, results, prefix, facts, policy.name, n_resamples, seed)
     fold_entries = []
@@ -275,8 +270,8 @@ def run_crossval(
         "pooled_val_dsc": pooled_val_dsc(folds),
         "ensemble": summaries["ensemble"],
     }
-    write_json_atomic(out / "crossval.json", report)
-    write_text_atomic(out / "crossval.md", render_markdown(report))
+    write_json(out / "crossval.json", report)
+    write_text(out / "crossval.md", render_markdown(report))
     log.info(
         "cross-validation: %d folds, ensemble test DSC %.3f, results in %s",
         len(folds),
@@ -342,56 +337,39 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m stroke_seg.crossval",
-        description="Score every cross-validation fold's model and their ensemble on the "
-        "shared test split (docs/scaling.md).",
-    )
-    parser.add_argument(
-        "--runs", required=True, help="folder holding the fold runs (searched recursively)"
-    )
-    parser.add_argument("--output", help="results folder (default: RUNS/crossval_<stage>)")
-    parser.add_argument("--stage", help="zoom_in or zoom_out, when RUNS holds both")
-    parser.add_argument("--checkpoint", default="last.ckpt", help="file in each run's checkpoints/")
-    parser.add_argument("--data-root", help="data root (default: the one the folds trained on)")
-    parser.add_argument("--mode", default="auto", help="auto | centre_crop | sliding_window")
-    parser.add_argument("--tta", action="store_true", help="average over the 8 flips")
-    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    parser.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--empty-policy", default="worst_case", help="worst_case | nan")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with exit_on_user_error():
-        report = run_crossval(
-            args.runs,
-            args.output,
-            args.stage,
-            args.checkpoint,
-            args.data_root,
-            args.mode,
-            args.tta,
-            args.overlap,
-            args.device,
-            not args.no_amp,
-            args.bootstrap,
-            args.seed,
-            args.empty_policy,
-            args.overwrite,
+def run(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Cross-validate as conf/crossval.yaml (with the command's overrides) says; returns the
+    contents of crossval.json."""
+    if not cfg.get("runs"):
+        raise StrokeSegError(
+            "runs= is missing: stroke-seg-crossval runs=DIR (the multirun folder of the folds)."
         )
+    return run_crossval(
+        str(cfg["runs"]),
+        output=cfg.get("output"),
+        stage=cfg.get("stage_name"),
+        checkpoint=str(cfg["checkpoint"]),
+        data_root=cfg.get("data_root"),
+        inference=cfg["inference"],
+        n_resamples=int(cfg["bootstrap"]["n_resamples"]),
+        seed=int(cfg["bootstrap"]["seed"]),
+        policy_name=str(cfg["empty_policy"]),
+        overwrite=bool(cfg["overwrite"]),
+    )
+
+
+def summary_line(report: Mapping[str, Any]) -> str:
+    """The one line the command prints: test DSC per fold and of the ensemble."""
     ens = report["ensemble"]["metrics"]["dsc"]
     across = report["across_folds"]["dsc"]
-    print(
+    return (
         f"cross-validation ({len(report['folds'])} folds): test DSC per fold "
         f"{across['mean']:.3f} ± {across['sd']:.3f}, ensemble {ens['mean']:.3f}; pooled "
         f"validation DSC {report['pooled_val_dsc']:.3f}"
     )
-    return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # ``python -m stroke_seg.crossval``: the stroke-seg-crossval command
+    from stroke_seg.cli import crossval_main
+
+    crossval_main()

@@ -13,7 +13,7 @@ raised inside with ``data.``, so the user still reads the key to change.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -51,6 +51,28 @@ def check_choice(key: str, value: Any, allowed: Iterable[Any]) -> Any:
     if value not in choices:
         raise option_error(key, value, f"is not known; use one of {', '.join(map(str, choices))}.")
     return value
+
+
+def check_keys(
+    options: Mapping[str, Any],
+    known: Sequence[str],
+    what: str,
+    missing_hint: str,
+    prefix: str = "",
+    required: bool = True,
+) -> None:
+    """Refuse an option group with a key that is not in `known` (``<prefix><key>=value is not
+    <what>; use ...``) or, if `required`, one that lacks a known key or leaves it null
+    (``<prefix><key>= is missing; <missing_hint>``): the defaults of such a group live in one
+    yaml file only, so a missing key is a mistake, not a fallback."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise option_error(key, options[unknown[0]], f"is not {what}; use {', '.join(known)}.")
+    missing = [k for k in known if options.get(k) is None] if required else []
+    if missing:
+        key = f"{prefix}{missing[0]}"
+        raise StrokeSegError(f"{key}= is missing; {missing_hint}", key=key)
 
 
 def check_range(

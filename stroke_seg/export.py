@@ -1,6 +1,7 @@
 """Export a trained model as weights-only safetensors: nothing in it can run code.
 
-``python -m stroke_seg.export ckpt=RUN/checkpoints/last.ckpt out=model.safetensors``
+``stroke-seg-export ckpt=RUN/checkpoints/last.ckpt out=model.safetensors`` (conf/export.yaml;
+``python -m stroke_seg.export`` is the same command)
 
 A Lightning ``.ckpt`` is a pickle. stroke_seg reads it with ``weights_only=True``, so it
 cannot run code here, but a model handed to another lab or tool is better shipped in a
@@ -15,16 +16,16 @@ predicts, it does not resume training.
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from stroke_seg.atomic import atomic_path
 from stroke_seg.checkpoints import SAFETENSORS_FORMAT
-from stroke_seg.errors import StrokeSegError, exit_on_user_error
+from stroke_seg.errors import StrokeSegError
 from stroke_seg.inference import load_model
-from stroke_seg.report import atomic_path
 
-USAGE = "python -m stroke_seg.export ckpt=PATH.ckpt out=PATH.safetensors [overwrite=true]"
+USAGE = "stroke-seg-export ckpt=PATH.ckpt out=PATH.safetensors [overwrite=true]"
 
 
 def export_safetensors(ckpt: str | Path, out: str | Path, overwrite: bool = False) -> Path:
@@ -40,7 +41,7 @@ def export_safetensors(ckpt: str | Path, out: str | Path, overwrite: bool = Fals
     tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
     hparams = {
         "net": model.net_config,
-        "preprocessing": model.preprocessing,
+        "preprocessing": model.preprocessing.to_dict(),
         "threshold": model.threshold,
     }
     metadata = {
@@ -53,30 +54,15 @@ def export_safetensors(ckpt: str | Path, out: str | Path, overwrite: bool = Fals
     return out
 
 
-def parse_args(argv: Sequence[str]) -> dict[str, str]:
-    """``key=value`` arguments (as the Hydra entry points take them): ckpt, out, overwrite."""
-    args: dict[str, str] = {}
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in ("ckpt", "out", "overwrite"):
-            raise StrokeSegError(f"{item!r} is not understood; usage: {USAGE}.")
-        args[key] = value
+def run(cfg: Mapping[str, Any]) -> Path:
+    """Export as conf/export.yaml (with the command's overrides) says; returns the file."""
     for key in ("ckpt", "out"):
-        if not args.get(key):
+        if not cfg.get(key):
             raise StrokeSegError(f"{key}= is missing; usage: {USAGE}.")
-    if args.get("overwrite", "false").lower() not in ("true", "false"):
-        raise StrokeSegError(f"overwrite={args['overwrite']} must be true or false.")
-    return args
+    return export_safetensors(str(cfg["ckpt"]), str(cfg["out"]), bool(cfg["overwrite"]))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    with exit_on_user_error():
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        out = export_safetensors(
-            args["ckpt"], args["out"], args.get("overwrite", "false").lower() == "true"
-        )
-        print(f"wrote {out}")
+if __name__ == "__main__":  # ``python -m stroke_seg.export``: the stroke-seg-export command
+    from stroke_seg.cli import export_main
 
-
-if __name__ == "__main__":
-    main()
+    export_main()

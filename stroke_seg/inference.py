@@ -1,12 +1,12 @@
 """From checkpoints to probability maps on the input scan's own voxel grid.
 
-The paper's evaluation protocol (Tomita et al. 2020, Sec. 2.4; REFERENCE_NOTES "Evaluation
+The paper's evaluation protocol (Tomita et al. 2020, Sec. 2.4; docs/paper.md, "Evaluation
 protocol") feeds the network one centre crop of 144x172x168 voxels of the 197x233x189 MNI
 volume (start = (dim - size) // 2), classifies every voxel outside the crop as negative and
 pastes the prediction back into the full volume. That is right only for scans on the
 training grid. For anything else this module offers MONAI's Gaussian-weighted sliding
 window at the *training crop size*: GroupNorm normalises over the whole input, so a network
-must see inputs of the size it was trained on (REFERENCE_NOTES, "A measured trap").
+must see inputs of the size it was trained on (docs/paper.md, "A measured trap").
 
 Scans on another grid (other voxel size, LPS or other orientation, native space) are
 reoriented to the closest canonical (RAS) orientation and resampled to the training spacing
@@ -39,14 +39,18 @@ from monai.utils import convert_to_tensor
 from torch import nn
 
 from stroke_seg.checkpoints import read_checkpoint, read_safetensors, weight_differences
-from stroke_seg.data.datamodule import intensity_transform
-from stroke_seg.data.io import AFFINE_TOLERANCE_MM, spacing_of
-from stroke_seg.errors import StrokeSegError
+from stroke_seg.data.checks import AFFINE_TOLERANCE_MM
+from stroke_seg.data.io import spacing_of
+from stroke_seg.data.preprocessing import Preprocessing
+from stroke_seg.data.transforms import intensity_transform
+from stroke_seg.errors import StrokeSegError, check_choice, check_keys, check_range, option_error
 from stroke_seg.models import ResUNet3D
 from stroke_seg.postprocess import check_min_lesion_mm3, remove_small_components, structure
 
 MODES = ("auto", "centre_crop", "sliding_window")
-PREPROCESSING_KEYS = ("intensity_mode", "intensity_divisor", "crop_size", "eval_crop", "spacing")
+# The options of `Predictor`, set by the `inference` config group (conf/inference/default.yaml),
+# which is their one source of truth: the constructor has no defaults for them.
+INFERENCE_OPTIONS = ("mode", "tta", "overlap", "device", "amp")
 # Explicit labels silence MONAI's deprecation warning; they are its (and NIfTI's) defaults.
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
@@ -64,32 +68,21 @@ class LoadedModel:
     """A network in eval mode with the input preparation it was trained with.
 
     `preprocessing` is the checkpoint's ``hyper_parameters.preprocessing`` (intensity
-    scaling, crop sizes, training spacing); `threshold` binarises its probabilities (0.5,
-    paper Sec. 2.5); `source` names where it came from, for messages and reports.
+    scaling, crop sizes, training spacing) read back as the typed contract; `threshold`
+    binarises its probabilities (0.5, paper Sec. 2.5); `source` names where it came from, for
+    messages and reports.
     """
 
     net: nn.Module
-    preprocessing: dict[str, Any]
+    preprocessing: Preprocessing
     threshold: float = 0.5
     source: str = "model"
     net_config: dict[str, Any] = field(default_factory=dict)
 
-
-def _normalise_preprocessing(pre: Mapping[str, Any], source: str) -> dict[str, Any]:
-    missing = [k for k in PREPROCESSING_KEYS if k not in pre]
-    if missing:
-        raise StrokeSegError(
-            f"{source} lacks hyper_parameters.preprocessing.{missing[0]}; it was not written by "
-            "this version of stroke_seg training, so its input scaling is unknown."
-        )
-    return {
-        "intensity_mode": str(pre["intensity_mode"]),
-        "intensity_divisor": float(pre["intensity_divisor"]),
-        "crop_size": [int(v) for v in pre["crop_size"]],
-        "eval_crop": [int(v) for v in pre["eval_crop"]],
-        "spacing": [float(v) for v in pre["spacing"]],
-        **({"grid_shape": [int(v) for v in pre["grid_shape"]]} if "grid_shape" in pre else {}),
-    }
+    def __post_init__(self) -> None:
+        # Plain data (a checkpoint's dict) is read with the checkpoint's own validation.
+        if not isinstance(self.preprocessing, Preprocessing):
+            self.preprocessing = Preprocessing.from_dict(self.preprocessing, self.source)
 
 
 def load_model(ckpt_path: str | Path, key: str = "ckpt") -> LoadedModel:
@@ -118,15 +111,12 @@ def load_model(ckpt_path: str | Path, key: str = "ckpt") -> LoadedModel:
             f"{source} has no hyper_parameters.net, so it is not a stroke_seg training "
             "checkpoint; pass a .ckpt written by train.py."
         )
-    if not isinstance(hparams.get("preprocessing"), Mapping):
-        raise StrokeSegError(
-            f"{source} lacks hyper_parameters.preprocessing (input scaling and spacing); "
-            "pass a .ckpt written by train.py."
-        )
-    preprocessing = _normalise_preprocessing(hparams["preprocessing"], source)
+    # Refused in one sentence when absent or incomplete; older checkpoints without the
+    # optional fields (grid_shape) still load.
+    preprocessing = Preprocessing.from_dict(hparams.get("preprocessing"), source)
     try:
         net = ResUNet3D.from_config(dict(hparams["net"]))
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, StrokeSegError) as err:
         raise StrokeSegError(
             f"{source} describes a network that cannot be built ({err})."
         ) from None
@@ -149,13 +139,11 @@ def load_model(ckpt_path: str | Path, key: str = "ckpt") -> LoadedModel:
 
 
 def scale_intensity(
-    volume: np.ndarray | torch.Tensor, preprocessing: Mapping[str, Any]
+    volume: np.ndarray | torch.Tensor, preprocessing: Preprocessing
 ) -> torch.Tensor:
-    """The training scaling of `stroke_seg.data.datamodule.intensity_transform` (/255 in the
+    """The training scaling of `stroke_seg.data.transforms.intensity_transform` (/255 in the
     paper, Table 1 notes), applied to a (X, Y, Z) volume; returns a plain float32 tensor."""
-    transform = intensity_transform(
-        str(preprocessing["intensity_mode"]), float(preprocessing["intensity_divisor"])
-    )
+    transform = intensity_transform(preprocessing.intensity_mode, preprocessing.intensity_divisor)
     image = torch.as_tensor(np.asarray(volume, dtype=np.float32))[None]
     scaled = transform({"image": image})["image"]
     return convert_to_tensor(scaled, dtype=torch.float32, track_meta=False)[0]
@@ -243,7 +231,7 @@ def predict_sliding_window(
 
     MONAI's `sliding_window_inference(mode="gaussian")` averages the windows' probabilities
     (pads a volume smaller than a window). Windows of the training size keep GroupNorm's
-    statistics as in training (REFERENCE_NOTES, "A measured trap").
+    statistics as in training (docs/paper.md, "A measured trap").
     """
     volume = _as_volume(volume)
     prob = sliding_window_inference(
@@ -296,7 +284,47 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         return torch.device(str(device))
     except RuntimeError as err:
-        raise StrokeSegError(f"device={device} is not a torch device ({err}).") from None
+        raise option_error("device", str(device), f"is not a torch device ({err}).") from None
+
+
+def check_inference_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The `Predictor` options in `options` (an ``inference`` config group), checked.
+
+    Every option of `INFERENCE_OPTIONS` must be there and no other: their defaults live in
+    conf/inference/default.yaml only, so a missing one is a mistake, not a fallback. Errors
+    name the option (``mode``); the task adds its config section (``inference.mode``).
+    """
+    options = dict(options.items())
+    check_keys(
+        options,
+        INFERENCE_OPTIONS,
+        "an inference option",
+        "set it (conf/inference/default.yaml sets every option).",
+    )
+    for key in ("tta", "amp"):
+        if not isinstance(options[key], bool):
+            raise option_error(key, options[key], "must be true or false.")
+    return {
+        "mode": check_choice("mode", str(options["mode"]), MODES),
+        "tta": options["tta"],
+        "overlap": check_range("overlap", options["overlap"], 0.0, 1.0, high_open=True),
+        "device": options["device"],
+        "amp": options["amp"],
+    }
+
+
+def check_ensemble(models: Sequence[LoadedModel]) -> None:
+    """Refuse models that cannot be averaged: an ensemble needs one preprocessing and one
+    threshold, so that every member reads the scan the same way."""
+    first = models[0]
+    for other in models[1:]:
+        if other.preprocessing != first.preprocessing or other.threshold != first.threshold:
+            raise StrokeSegError(
+                f"{other.source} was trained with preprocessing {other.preprocessing} "
+                f"(threshold {other.threshold}) but {first.source} with "
+                f"{first.preprocessing} (threshold {first.threshold}); an ensemble needs "
+                "models that read scans the same way."
+            )
 
 
 @dataclass
@@ -328,6 +356,10 @@ class Prediction:
 class Predictor:
     """One model or a snapshot ensemble, applied to whole scans on any voxel grid.
 
+    The options have no defaults: they come from the ``inference`` config group
+    (conf/inference/default.yaml), and the commands build predictors through
+    `Predictor.from_config` only.
+
     Args:
         models: loaded models; an ensemble averages their probabilities. All must share
             the same preprocessing and threshold, else the ensemble is refused.
@@ -342,63 +374,70 @@ class Predictor:
         amp: float16 autocast on CUDA (ignored on CPU).
         min_lesion_mm3: drop predicted components smaller than this (mm³, on the scan's
             own grid) from the masks; 0 (the paper) keeps them all (`stroke_seg.postprocess`).
+            Post-processing is a task option (``min_lesion_mm3=`` of evaluate and predict),
+            not part of the ``inference`` group; its default here is the paper's "off".
         connectivity: neighbourhood that makes voxels one component (6, 18 or 26).
     """
 
     def __init__(
         self,
         models: Sequence[LoadedModel],
-        mode: str = "auto",
-        tta: bool = False,
-        overlap: float = 0.5,
-        device: str | torch.device | None = "auto",
-        amp: bool = True,
+        *,
+        mode: str,
+        tta: bool,
+        overlap: float,
+        device: str | torch.device | None,
+        amp: bool,
         min_lesion_mm3: float = 0.0,
         connectivity: int = 6,
     ) -> None:
         if not models:
-            raise StrokeSegError("ckpt= is empty; pass one checkpoint or a list of them.")
-        if mode not in MODES:
-            raise StrokeSegError(f"mode={mode} is not known; use one of {', '.join(MODES)}.")
-        if not 0.0 <= float(overlap) < 1.0:
-            raise StrokeSegError(f"overlap={overlap} must lie in [0, 1).")
+            raise ValueError("Predictor needs at least one model.")
+        options = check_inference_options(
+            {"mode": mode, "tta": tta, "overlap": overlap, "device": device, "amp": amp}
+        )
+        check_ensemble(models)
         first = models[0]
-        for other in models[1:]:
-            if other.preprocessing != first.preprocessing or other.threshold != first.threshold:
-                raise StrokeSegError(
-                    f"{other.source} was trained with preprocessing {other.preprocessing} "
-                    f"(threshold {other.threshold}) but {first.source} with "
-                    f"{first.preprocessing} (threshold {first.threshold}); an ensemble needs "
-                    "models that read scans the same way."
-                )
         self.models = list(models)
-        self.preprocessing = dict(first.preprocessing)
+        self.preprocessing = first.preprocessing
         self.threshold = float(first.threshold)
-        self.mode, self.tta, self.overlap, self.amp = mode, bool(tta), float(overlap), bool(amp)
+        self.mode, self.tta = options["mode"], options["tta"]
+        self.overlap, self.amp = options["overlap"], options["amp"]
         self.min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
         structure(connectivity)  # refuses an unknown connectivity now, not after a scan
         self.connectivity = int(connectivity)
         self.device = resolve_device(device)
         for model in self.models:
             model.net.to(self.device).eval()
-        self._regrid = regrid_transform(self.preprocessing["spacing"])
+        self._regrid = regrid_transform(self.preprocessing.spacing)
         self._prob_fn = probability_fn([m.net for m in self.models], self.tta)
 
     @classmethod
-    def from_checkpoints(cls, paths: str | Path | Sequence[str | Path], **kwargs: Any) -> Predictor:
+    def from_checkpoints(
+        cls, paths: str | Path | Sequence[str | Path], **options: Any
+    ) -> Predictor:
         """Load one checkpoint or a list (snapshot ensemble) and build a predictor."""
         if isinstance(paths, (str, Path)):
             paths = [paths]
-        return cls([load_model(p) for p in paths], **kwargs)
+        return cls([load_model(p) for p in paths], **options)
+
+    @classmethod
+    def from_config(
+        cls, paths: str | Path | Sequence[str | Path], inference: Mapping[str, Any]
+    ) -> Predictor:
+        """The predictor of checkpoint(s) `paths` with the options of an ``inference`` config
+        group: how evaluate, predict and cross-validation all build theirs. The options are
+        checked before any checkpoint is loaded."""
+        return cls.from_checkpoints(paths, **check_inference_options(inference))
 
     def choose_mode(self, shape: Sequence[int], resampled: bool) -> str:
         """The spatial strategy for a network-grid volume of `shape` (see the class doc)."""
         if self.mode != "auto":
             return self.mode
         pre = self.preprocessing
-        fits = all(c <= s for c, s in zip(pre["eval_crop"], shape, strict=True))
-        grid_ok = "grid_shape" not in pre or list(pre["grid_shape"]) == list(shape)
-        trained_at_eval_size = list(pre["crop_size"]) == list(pre["eval_crop"])
+        fits = all(c <= s for c, s in zip(pre.eval_crop, shape, strict=True))
+        grid_ok = pre.grid_shape is None or list(pre.grid_shape) == list(shape)
+        trained_at_eval_size = pre.crop_size == pre.eval_crop
         if not resampled and fits and grid_ok and trained_at_eval_size:
             return "centre_crop"
         return "sliding_window"
@@ -414,16 +453,16 @@ class Predictor:
         with torch.inference_mode(), self._autocast():
             x = volume.to(self.device)
             if mode == "centre_crop":
-                prob = predict_centre_crop(self._prob_fn, x, pre["eval_crop"])
+                prob = predict_centre_crop(self._prob_fn, x, pre.eval_crop)
             else:
-                prob = predict_sliding_window(self._prob_fn, x, pre["crop_size"], self.overlap)
+                prob = predict_sliding_window(self._prob_fn, x, pre.crop_size, self.overlap)
         return prob.float().cpu()
 
     def predict(self, image: np.ndarray, affine: np.ndarray) -> Prediction:
         """Lesion probabilities for a (X, Y, Z) scan with its affine, on the scan's own grid."""
         affine = np.asarray(affine, dtype=np.float64)
         scaled = scale_intensity(image, self.preprocessing)
-        resampled = not on_training_grid(affine, self.preprocessing["spacing"])
+        resampled = not on_training_grid(affine, self.preprocessing.spacing)
         if not resampled:
             mode = self.choose_mode(tuple(scaled.shape), False)
             prob = self.predict_network_grid(scaled, mode)

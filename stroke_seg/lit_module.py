@@ -21,11 +21,14 @@ from monai.losses import DeepSupervisionLoss
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
 from torchmetrics import MeanMetric
 
-from stroke_seg.errors import StrokeSegError
+from stroke_seg.errors import check_keys, config_section
 from stroke_seg.losses import BCEDiceLoss, deep_supervision_weights
 from stroke_seg.models import ResUNet3D
 
 SPEED_KEYS = ("channels_last", "compile", "compile_mode")
+# Adam + CosineAnnealingWarmRestarts (paper Table 1). Every key is required: the values live in
+# conf/optim/adam_cosine.yaml only (weight decay 1e-4, restarts every 50 epochs, eta_min 0).
+OPTIM_KEYS = ("lr", "weight_decay", "restart_period_epochs", "eta_min")
 
 
 def full_volume_dice(
@@ -44,7 +47,14 @@ def full_volume_dice(
 
 
 class LesionSegModule(pl.LightningModule):
-    """Tomita et al. (2020) 3D-ResU-Net training: Sec. 2.2-2.4, Table 1."""
+    """Tomita et al. (2020) 3D-ResU-Net training: Sec. 2.2-2.4, Table 1.
+
+    `net` is the `ResUNet3D` config (``conf/model/``), `optim` the optimiser's
+    (`OPTIM_KEYS`, all required, checked when training starts), `speed` the speed options
+    (`SPEED_KEYS`). Errors name the entry under its parameter (``speed.compile``); the
+    network's own errors name the network's parameter (``groups``), and the training task
+    puts them under ``model.``.
+    """
 
     def __init__(
         self,
@@ -58,7 +68,7 @@ class LesionSegModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = ResUNet3D(**net)
+        self.net = ResUNet3D.from_config(net)
         self.loss_fn = BCEDiceLoss(**loss)
         # model.deep_supervision: in training the network returns one output per decoder
         # level; this scores them all (validation sees the full-resolution output only).
@@ -66,7 +76,8 @@ class LesionSegModule(pl.LightningModule):
         self.ds_loss = DeepSupervisionLoss(self.loss_fn, weights=deep_supervision_weights(levels))
         self.optim_cfg = dict(optim)
         self.threshold = threshold
-        self.speed = check_speed(speed)
+        with config_section("speed"):
+            self.speed = check_speed(speed)
         self._speed_applied = False
         # Epoch means over all validation scans of all ranks: torchmetrics reduces sums and
         # counts across processes, so under DDP with shards of unequal size val/dsc is still
@@ -141,18 +152,19 @@ class LesionSegModule(pl.LightningModule):
         """Adam with coupled L2 weight decay and CosineAnnealingWarmRestarts stepped every
         iteration with a period of ``restart_period_epochs`` epochs (Table 1; the library
         scheduler replaces the reference code's restart trick, which collapses the LR to ~0
-        on modern PyTorch — REFERENCE_NOTES)."""
-        cfg = self.optim_cfg
+        on modern PyTorch; docs/paper.md, "Optimisation")."""
+        with config_section("optim"):
+            cfg = check_optim(self.optim_cfg)
         optimizer = torch.optim.Adam(
-            self.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0)
+            self.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"]
         )
         steps_per_epoch = max(
             1, int(self.trainer.estimated_stepping_batches // max(1, self.trainer.max_epochs))
         )
         scheduler = CosineAnnealingWarmRestarts(
             optimizer,
-            T_0=max(1, int(cfg.get("restart_period_epochs", 50)) * steps_per_epoch),
-            eta_min=cfg.get("eta_min", 0.0),
+            T_0=max(1, int(cfg["restart_period_epochs"]) * steps_per_epoch),
+            eta_min=cfg["eta_min"],
         )
         return {
             "optimizer": optimizer,
@@ -160,14 +172,25 @@ class LesionSegModule(pl.LightningModule):
         }
 
 
+def check_optim(optim: Mapping[str, Any]) -> dict[str, Any]:
+    """The optimiser options, every one of `OPTIM_KEYS` required and none other, so that a
+    config without weight decay fails instead of training without it. Errors name the
+    option (``weight_decay``); the caller adds the section (``optim.weight_decay``)."""
+    optim = dict(optim)
+    check_keys(
+        optim,
+        OPTIM_KEYS,
+        "an optimiser option",
+        "set it (conf/optim/adam_cosine.yaml has the paper's).",
+    )
+    return optim
+
+
 def check_speed(speed: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The speed options with their defaults (all off); unknown keys are refused."""
+    """The speed options with their defaults (all off); unknown keys are refused, named as
+    the option (``compile``; the caller adds the section)."""
     speed = dict(speed or {})
-    unknown = sorted(set(speed) - set(SPEED_KEYS))
-    if unknown:
-        raise StrokeSegError(
-            f"speed.{unknown[0]} is not a speed option; use {', '.join(SPEED_KEYS)}."
-        )
+    check_keys(speed, SPEED_KEYS, "a speed option", "", required=False)
     return {
         "channels_last": bool(speed.get("channels_last", False)),
         "compile": bool(speed.get("compile", False)),

@@ -3,7 +3,7 @@
 The paper (Methods; details in the unavailable Appendix E2) calls its objective "an affine
 combination of the binary cross entropy (BCE) loss function and the Dice loss function
 (Milletari et al., 2016)". The weights and the Dice form come from the authors' code
-(``shared/paper/REFERENCE_NOTES.md``, section "Loss")::
+(``docs/paper.md``, section "Loss")::
 
     L = 0.1 * BCE(logits, g) + 0.9 * (1 - (2 * sum(p * g) + eps) / (sum(p) + sum(g) + eps))
 

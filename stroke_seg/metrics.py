@@ -3,10 +3,14 @@
 Paper metrics (Sec. 2.5, Tables 2, 4 and 5): Dice similarity coefficient (DSC), maximal DSC
 (mDSC, Chen et al. 2018: the best DSC over thresholds of the probability map), Hausdorff
 distance (HD) and average symmetric surface distance (ASSD) in mm, true positive rate (TPR),
-precision, and the micro-averaged DSC pooled over all voxels of all scans (Table 5). The
+precision, and the voxel counts from which `stroke_seg.stats.micro_dsc` pools the
+micro-averaged DSC over all voxels of all scans (Table 5). The
 paper computed DSC, HD and ASSD with DeepMind's surface-distance library; the ATLAS v2.0
-challenge (MICCAI 2022) adds lesion-wise F1, absolute volume difference and absolute lesion
-count difference, with 26-connected components.
+challenge (MICCAI 2022) adds lesion-wise F1, absolute volume difference (in voxels; also
+given here in ml) and absolute lesion-count difference. Its final scoring code labels lesions
+with `scipy.ndimage.label`'s default structure, i.e. 6-connected (face-sharing) components,
+which is our default (`DEFAULT_CONNECTIVITY`); `connectivity=26` gives the earlier cc3d-based
+version's components. docs/metrics.md lists every definition and where it comes from.
 
 Masks are numpy arrays where any non-zero voxel is lesion; `spacing` is the voxel size in mm
 along the array's three axes (from the NIfTI header; 1 mm isotropic for ATLAS MNI data).
@@ -62,20 +66,25 @@ fixes the value of every metric whose definition breaks down:
 false alarm -> distances = the scan diagonal. `EmptyPolicy.nan()`: every undefined distance
 is nan; `stroke_seg.stats.summarize` then leaves it out of the mean but reports it in
 `n_nan`, and the empty case stays in the per-scan rows, so no missed lesion is silently
-dropped.
+dropped. `with_policy` re-scores a row under the other policy (each row keeps its
+`scan_diagonal_mm`), so a report shows HD and ASSD under both from one evaluation: the
+paper's finite means do not say which it used.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 from surface_distance import lookup_tables
+
+from stroke_seg.errors import check_choice
 
 EMPTY_CASES = ("none", "both_empty", "missed", "false_alarm")
 """The values of `empty_case`: which of the two masks is empty."""
@@ -90,12 +99,36 @@ SCAN_METRIC_KEYS = (
     "precision",
     "lesion_f1",
     "volume_diff_ml",
+    "volume_diff_voxels",
     "lesion_count_diff",
 )
 """The per-scan numeric metrics `scan_metrics` returns (besides counts and `empty_case`)."""
 
-# 26-connectivity, as the ATLAS v2.0 challenge's evaluation code (cc3d, connectivity=26).
+SURFACE_DISTANCE_KEYS = ("hd_mm", "hd95_mm", "assd_mm")
+"""The metrics whose value for an empty case differs between the two named empty policies."""
+
+LESION_CONNECTIVITIES = (6, 18, 26)
+"""Voxel neighbourhoods that can define a lesion: voxels sharing a face (6), a face or an edge
+(18), or a face, an edge or a corner (26)."""
+
+DEFAULT_CONNECTIVITY = 6
+"""Lesion connectivity of the ATLAS v2.0 challenge's final scoring code (npnl/
+atlas2_grand_challenge, isles/scoring.py since commit 55b9524 "removed cc3d requirement"):
+`scipy.ndimage.label` with its default structure, which is 6-connectivity in 3-D. Every
+`scan_metrics` row records the value it used as `lesion_connectivity`."""
+
+# 26-connectivity: the ATLAS v2.0 challenge's earlier cc3d-based scoring, and predict.py's
+# per-mask lesion count.
 CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+def lesion_structure(connectivity: int = DEFAULT_CONNECTIVITY) -> np.ndarray:
+    """The 3x3x3 `scipy.ndimage.label` structure of a lesion connectivity (6, 18 or 26)."""
+    check_choice("connectivity", connectivity, LESION_CONNECTIVITIES)
+    # generate_binary_structure(3, r) joins voxels whose offsets have at most r non-zero
+    # coordinates: r = 1, 2, 3 are the 6-, 18- and 26-neighbourhoods.
+    return ndimage.generate_binary_structure(3, LESION_CONNECTIVITIES.index(connectivity) + 1)
+
 
 # DeepMind's encoding of the 2x2x2 neighbourhood of a voxel corner into an 8-bit code.
 _NEIGHBOUR_KERNEL = lookup_tables.ENCODE_NEIGHBOURHOOD_3D_KERNEL
@@ -146,11 +179,15 @@ class EmptyPolicy:
 
     def distance(self, case: str, shape: Sequence[int], spacing: Sequence[float]) -> float:
         """The surface distance (mm) this policy gives for an empty case other than 'none'."""
+        return self.distance_with_diagonal(case, scan_diagonal_mm(shape, spacing))
+
+    def distance_with_diagonal(self, case: str, diagonal_mm: float) -> float:
+        """As `distance`, given the scan diagonal (mm) instead of the shape and spacing."""
         if case == "both_empty":
             return float(self.both_empty_distance)
         if case in ("missed", "false_alarm"):
             if self.one_empty_distance is None:
-                return scan_diagonal_mm(shape, spacing)
+                return float(diagonal_mm)
             return float(self.one_empty_distance)
         raise ValueError(f"empty case {case!r} has defined surface distances.")
 
@@ -232,6 +269,13 @@ def _confusion(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int, int]:
     return tp, n_pred - tp, n_ref - tp
 
 
+def _counts_and_case(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int, int, str]:
+    """Voxel counts (TP, FP, FN) and the empty case of a checked (pred, ref) pair."""
+    pred, ref = _check_pair(pred, ref)
+    tp, fp, fn = _confusion(pred, ref)
+    return tp, fp, fn, _empty_case(tp + fp > 0, tp + fn > 0)
+
+
 def _ratio(num: float, den: float, case: str, policy: EmptyPolicy) -> float:
     if den == 0:
         return policy.overlap(case)
@@ -248,8 +292,7 @@ def dice(pred: np.ndarray, ref: np.ndarray, policy: EmptyPolicy = DEFAULT_POLICY
 
     Both masks empty -> `policy.both_empty_overlap` (1.0 by default); one empty -> 0.
     """
-    pred, ref = _check_pair(pred, ref)
-    tp, fp, fn = _confusion(pred, ref)
+    tp, fp, fn, _ = _counts_and_case(pred, ref)
     return _dice_from_counts(tp, fp, fn, policy)
 
 
@@ -264,9 +307,8 @@ def tpr(pred: np.ndarray, ref: np.ndarray, policy: EmptyPolicy = DEFAULT_POLICY)
     Undefined when the reference is empty: `policy.both_empty_overlap` if the prediction is
     empty too, else `policy.one_empty_overlap` (a false alarm, 0 by default).
     """
-    pred, ref = _check_pair(pred, ref)
-    tp, fp, fn = _confusion(pred, ref)
-    return _ratio(tp, tp + fn, _empty_case(tp + fp > 0, tp + fn > 0), policy)
+    tp, _, fn, case = _counts_and_case(pred, ref)
+    return _ratio(tp, tp + fn, case, policy)
 
 
 def precision(pred: np.ndarray, ref: np.ndarray, policy: EmptyPolicy = DEFAULT_POLICY) -> float:
@@ -275,9 +317,8 @@ def precision(pred: np.ndarray, ref: np.ndarray, policy: EmptyPolicy = DEFAULT_P
     Undefined when the prediction is empty: `policy.both_empty_overlap` if the reference is
     empty too, else `policy.one_empty_overlap` (a missed lesion, 0 by default).
     """
-    pred, ref = _check_pair(pred, ref)
-    tp, fp, fn = _confusion(pred, ref)
-    return _ratio(tp, tp + fp, _empty_case(tp + fp > 0, tp + fn > 0), policy)
+    tp, fp, _, case = _counts_and_case(pred, ref)
+    return _ratio(tp, tp + fp, case, policy)
 
 
 def max_dice_sweep(
@@ -362,38 +403,6 @@ def max_dice(
     `np.linspace(0.05, 0.95, 19)` for a fixed grid.
     """
     return max_dice_sweep(prob, ref, thresholds, policy)[0]
-
-
-class MicroDice:
-    """Streaming micro-averaged DSC: TP, FP and FN pooled over all voxels of all scans.
-
-    The paper's microDSC (Sec. 3.5, Table 5). `update` one scan at a time, then `compute`.
-    """
-
-    def __init__(self) -> None:
-        self.tp = 0
-        self.fp = 0
-        self.fn = 0
-
-    def update(self, pred: np.ndarray, ref: np.ndarray) -> None:
-        """Add one scan's voxel counts."""
-        tp, fp, fn = confusion_counts(pred, ref)
-        self.tp += tp
-        self.fp += fp
-        self.fn += fn
-
-    def compute(self, empty_value: float = 1.0) -> float:
-        """2·ΣTP / (2·ΣTP + ΣFP + ΣFN); `empty_value` if every mask was empty."""
-        den = 2 * self.tp + self.fp + self.fn
-        return float(empty_value) if den == 0 else float(2 * self.tp / den)
-
-
-def micro_dice(pairs: Iterable[tuple[np.ndarray, np.ndarray]], empty_value: float = 1.0) -> float:
-    """Micro-averaged DSC over (pred, ref) pairs: counts pooled over all voxels of all scans."""
-    acc = MicroDice()
-    for pred, ref in pairs:
-        acc.update(pred, ref)
-    return acc.compute(empty_value)
 
 
 # --------------------------------------------------------------------------------------
@@ -606,22 +615,30 @@ def assd(
 # --------------------------------------------------------------------------------------
 
 
-def lesion_detection_counts(pred: np.ndarray, ref: np.ndarray) -> dict[str, int]:
-    """Lesion-level counts with 26-connected components (ATLAS v2.0 challenge definitions).
+def lesion_detection_counts(
+    pred: np.ndarray, ref: np.ndarray, connectivity: int = DEFAULT_CONNECTIVITY
+) -> dict[str, int]:
+    """Lesion-level counts, as the ATLAS v2.0 challenge's lesion-wise F1 defines them.
 
-    A reference component is a true positive if any predicted voxel overlaps it, else a
-    false negative; a predicted component that overlaps no reference voxel is a false
-    positive. Returns {"tp", "fp", "fn", "n_pred", "n_ref"} (component counts).
+    Lesions are the connected components of each 3-D mask (`connectivity` 6, the challenge's
+    final scoring code, or 18 / 26). A reference lesion is a true positive if at least one
+    predicted voxel overlaps it, else a false negative; a predicted lesion that overlaps no
+    reference voxel is a false positive (a predicted lesion overlapping a reference lesion is
+    never counted, however many of them there are). Returns {"tp", "fp", "fn", "n_pred",
+    "n_ref"} (lesion counts).
     """
     pred, ref = _check_pair(pred, ref)
-    return _lesion_counts(pred, ref)
+    return _lesion_counts(pred, ref, lesion_structure(connectivity))
 
 
-def _lesion_counts(pred: np.ndarray, ref: np.ndarray) -> dict[str, int]:
-    ref_labels, n_ref = ndimage.label(ref, structure=CONNECTIVITY_26)
-    pred_labels, n_pred = ndimage.label(pred, structure=CONNECTIVITY_26)
-    hit_ref = np.unique(ref_labels[pred & ref])
-    hit_pred = np.unique(pred_labels[pred & ref])
+def _lesion_counts(pred: np.ndarray, ref: np.ndarray, structure: np.ndarray) -> dict[str, int]:
+    if pred.ndim != 3:
+        raise ValueError(f"Lesion components need 3-D masks, got shape {pred.shape}.")
+    ref_labels, n_ref = ndimage.label(ref, structure=structure)
+    pred_labels, n_pred = ndimage.label(pred, structure=structure)
+    overlap = pred & ref
+    hit_ref = np.unique(ref_labels[overlap])
+    hit_pred = np.unique(pred_labels[overlap])
     tp = int(hit_ref.size)
     return {
         "tp": tp,
@@ -638,27 +655,43 @@ def _lesion_f1_from(counts: dict[str, int], policy: EmptyPolicy) -> float:
 
 
 def lesion_wise_f1(
-    pred: np.ndarray, ref: np.ndarray, policy: EmptyPolicy = DEFAULT_POLICY
+    pred: np.ndarray,
+    ref: np.ndarray,
+    policy: EmptyPolicy = DEFAULT_POLICY,
+    connectivity: int = DEFAULT_CONNECTIVITY,
 ) -> float:
-    """Lesion-wise F1 = 2TP / (2TP + FP + FN) over 26-connected lesions (ATLAS v2.0 challenge).
+    """Lesion-wise F1 = 2TP / (2TP + FP + FN) over lesions (ATLAS v2.0 challenge).
 
-    See `lesion_detection_counts`. Both masks empty -> `policy.both_empty_overlap` (1.0, the
-    challenge's empty value).
+    See `lesion_detection_counts` (6-connected lesions by default, as the challenge). The
+    challenge writes it TP / (TP + (FP + FN) / 2), the same number. Both masks empty ->
+    `policy.both_empty_overlap` (1.0, the challenge's `empty_value`); exactly one empty -> 0.
     """
-    return _lesion_f1_from(lesion_detection_counts(pred, ref), policy)
+    return _lesion_f1_from(lesion_detection_counts(pred, ref, connectivity), policy)
+
+
+def volume_difference_voxels(pred: np.ndarray, ref: np.ndarray) -> int:
+    """Absolute volume difference |Σpred − Σref| in voxels (the ATLAS v2.0 challenge's unit).
+
+    Voxels are counted as non-zero; for 0/1 masks this is the challenge's sum of values.
+    """
+    pred, ref = _check_pair(pred, ref)
+    return abs(int(np.count_nonzero(pred)) - int(np.count_nonzero(ref)))
 
 
 def volume_difference_ml(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
-    """Absolute volume difference |V_pred − V_ref| in ml (ATLAS v2.0 challenge)."""
+    """Absolute volume difference |V_pred − V_ref| in ml: `volume_difference_voxels` x the
+    voxel volume, comparable across voxel sizes (the challenge reports voxels)."""
     pred, ref = _check_pair(pred, ref)
     spacing = _check_spacing(spacing, pred.ndim)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    return abs(int(np.count_nonzero(pred)) - int(np.count_nonzero(ref))) * voxel_ml
+    return volume_difference_voxels(pred, ref) * float(np.prod(spacing)) / 1000.0
 
 
-def lesion_count_difference(pred: np.ndarray, ref: np.ndarray) -> int:
-    """Absolute difference of 26-connected lesion counts (ATLAS v2.0 challenge)."""
-    counts = lesion_detection_counts(pred, ref)
+def lesion_count_difference(
+    pred: np.ndarray, ref: np.ndarray, connectivity: int = DEFAULT_CONNECTIVITY
+) -> int:
+    """|n_pred − n_ref|, the numbers of lesions (connected components, 6-connected by default)
+    of the two masks (ATLAS v2.0 challenge's "simple lesion count"; it ignores overlap)."""
+    counts = lesion_detection_counts(pred, ref, connectivity)
     return abs(counts["n_pred"] - counts["n_ref"])
 
 
@@ -673,6 +706,7 @@ def scan_metrics(
     spacing: Sequence[float],
     prob: np.ndarray | None = None,
     policy: EmptyPolicy = DEFAULT_POLICY,
+    connectivity: int = DEFAULT_CONNECTIVITY,
 ) -> dict[str, float | str]:
     """Every per-scan metric of the paper (Sec. 2.5, Tables 2 and 4) and the ATLAS v2.0 challenge.
 
@@ -683,19 +717,25 @@ def scan_metrics(
         spacing: voxel size in mm along the three array axes.
         prob: the probability map for mDSC (exact threshold sweep); mdsc is nan without it.
         policy: values for empty masks (see `EmptyPolicy`).
+        connectivity: lesion connectivity for lesion_f1 and lesion_count_diff: 6 (default,
+            the ATLAS v2.0 challenge's final scoring), 18 or 26.
 
     Returns:
-        dsc, mdsc, hd_mm, hd95_mm, assd_mm, tpr, precision, lesion_f1, volume_diff_ml,
-        lesion_count_diff (floats, nan where undefined under the policy), the voxel counts
-        tp, fp, fn, ref_voxels, pred_voxels (ints; tp/fp/fn let `stroke_seg.stats.micro_dsc`
-        pool the micro-DSC), ref_mm3 (reference lesion volume), empty_case (one of
-        `EMPTY_CASES`) and empty_policy (the policy's name).
+        The `SCAN_METRIC_KEYS` (dsc, mdsc, hd_mm, hd95_mm, assd_mm, tpr, precision,
+        lesion_f1, volume_diff_ml, volume_diff_voxels, lesion_count_diff; floats, nan where
+        undefined under the policy), the voxel counts tp, fp, fn, ref_voxels, pred_voxels
+        (ints; tp/fp/fn let `stroke_seg.stats.micro_dsc` pool the micro-DSC), ref_mm3
+        (reference lesion volume), scan_diagonal_mm (the worst-case distance, so that
+        `with_policy` can re-score an empty case under another policy), empty_case (one of
+        `EMPTY_CASES`), empty_policy (the policy's name) and lesion_connectivity.
 
     Raises:
         ValueError: if the shapes of pred, ref (or prob) differ, or spacing is invalid.
+        StrokeSegError: if connectivity is not 6, 18 or 26.
     """
     pred, ref = _check_pair(pred, ref)
     spacing = _check_spacing(spacing, pred.ndim)
+    structure = lesion_structure(connectivity)
     if prob is not None and np.shape(prob) != ref.shape:
         raise ValueError(
             f"Probability map shape {np.shape(prob)} differs from reference shape {ref.shape}."
@@ -708,7 +748,8 @@ def scan_metrics(
 
     tp, fp, fn = _confusion(pred_c, ref_c)
     case = _empty_case(tp + fp > 0, tp + fn > 0)
-    lesions = _lesion_counts(pred_c, ref_c)
+    lesions = _lesion_counts(pred_c, ref_c, structure)
+    diagonal = scan_diagonal_mm(pred.shape, spacing)
 
     if case == "none":
         assert bbox is not None
@@ -717,7 +758,7 @@ def scan_metrics(
         hd95_ = _hausdorff_from(sd, 95)
         assd_ = _assd_from(sd, "pooled")
     else:
-        hd = hd95_ = assd_ = policy.distance(case, pred.shape, spacing)
+        hd = hd95_ = assd_ = policy.distance_with_diagonal(case, diagonal)
 
     voxel_mm3 = float(np.prod(spacing))
     return {
@@ -730,6 +771,7 @@ def scan_metrics(
         "precision": _ratio(tp, tp + fp, case, policy),
         "lesion_f1": _lesion_f1_from(lesions, policy),
         "volume_diff_ml": abs(fp - fn) * voxel_mm3 / 1000.0,
+        "volume_diff_voxels": float(abs(fp - fn)),
         "lesion_count_diff": float(abs(lesions["n_pred"] - lesions["n_ref"])),
         "tp": tp,
         "fp": fp,
@@ -737,6 +779,27 @@ def scan_metrics(
         "ref_voxels": tp + fn,
         "ref_mm3": (tp + fn) * voxel_mm3,
         "pred_voxels": tp + fp,
+        "scan_diagonal_mm": diagonal,
         "empty_case": case,
         "empty_policy": policy.name,
+        "lesion_connectivity": int(connectivity),
     }
+
+
+def with_policy(row: Mapping[str, Any], policy: EmptyPolicy) -> dict[str, Any]:
+    """A `scan_metrics` row re-scored under another empty-mask `policy`.
+
+    Only the surface distances (`SURFACE_DISTANCE_KEYS`) of an empty case change, read from
+    the row's empty_case and scan_diagonal_mm; the row's other values are kept. That is
+    exact for the two named policies, which agree on every overlap value (both empty -> 1,
+    one empty -> 0); it lets a report show HD and ASSD under both policies from one pass.
+    """
+    out = dict(row)
+    out["empty_policy"] = policy.name
+    case = str(row.get("empty_case", "none"))
+    if case != "none":
+        if "scan_diagonal_mm" not in row:
+            raise ValueError("The row has no scan_diagonal_mm; score it with scan_metrics.")
+        value = policy.distance_with_diagonal(case, float(row["scan_diagonal_mm"]))
+        out.update(dict.fromkeys(SURFACE_DISTANCE_KEYS, value))
+    return out

@@ -13,7 +13,7 @@ components, as the ATLAS v2.0 challenge counts them) and the spatial strategy us
 
 Safety: the output folder may not be (inside) the input folder, and output names cannot
 leave it (`safe_output_path`); inputs are only read; existing result files are never
-replaced without ``overwrite=true``; every input is checked in full (`stroke_seg.validation`:
+replaced without ``overwrite=true``; every input is checked in full (`stroke_seg.data.io`:
 readable NIfTI, one 3-D volume, finite, not all zero) before anything is written, so a bad
 scan stops the run before an hour of work, not after; every file is written under a
 temporary name and renamed when complete. After a crash, ``continue_prediction=true``
@@ -37,15 +37,15 @@ from omegaconf import DictConfig, ListConfig
 from scipy import ndimage
 from tqdm import tqdm
 
-from stroke_seg.data.io import load_volume, spacing_of
-from stroke_seg.errors import StrokeSegError
+from stroke_seg.atomic import is_temporary_of, write_csv, write_nifti
+from stroke_seg.data.checks import check_image, same_grid
+from stroke_seg.data.io import read_nifti, spacing_of
+from stroke_seg.errors import StrokeSegError, config_section
 from stroke_seg.inference import Predictor
 from stroke_seg.metrics import CONNECTIVITY_26
+from stroke_seg.outputs import safe_output_path
 from stroke_seg.plotting import plot_case_slices
 from stroke_seg.postprocess import chosen_value
-from stroke_seg.report import save_nifti_atomic, write_csv_atomic
-from stroke_seg.safe_io import safe_output_path
-from stroke_seg.validation import check_image, same_grid
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,9 @@ def find_inputs(source: Path, pattern: str = "*.nii*") -> list[Path]:
 
 
 def check_readable(path: Path) -> None:
-    """Refuse a scan that `stroke_seg.validation` refuses (not NIfTI, truncated, not one
+    """Refuse a scan that `stroke_seg.data.io.read_nifti` refuses (not NIfTI, truncated, not one
     3-D volume, NaN or infinite intensities) or that is all zero. Reads the whole file."""
-    image, _ = load_volume(path)
+    image, _ = read_nifti(path)
     check_image(image, path)
 
 
@@ -118,13 +118,13 @@ def is_finished(output: Path, name: str, source: Path, qc: bool) -> bool:
 
 
 def remove_stale_temporaries(output: Path, names: Sequence[str], qc: bool) -> None:
-    """Delete temporary files a killed run left for these results (`report.atomic_path`
-    names them ``.tmp-<pid>-<name>``); they are never results themselves."""
+    """Delete temporary files a killed run left for these results (named as
+    `stroke_seg.atomic.temporary_path` names them); they are never results themselves."""
     if not output.is_dir():
         return
     wanted = {p.name for p in output_files(output, names, qc)}
-    for tmp in output.glob(".tmp-*-*"):
-        if tmp.name.split("-", 2)[-1] in wanted:
+    for tmp in output.glob(".*.tmp*"):
+        if any(is_temporary_of(tmp.name, name) for name in wanted):
             tmp.unlink(missing_ok=True)
 
 
@@ -182,14 +182,14 @@ def lesion_stats(mask: np.ndarray, spacing: Sequence[float]) -> dict[str, Any]:
 
 def predict_scan(predictor: Predictor, path: Path, output: Path, qc: bool) -> dict[str, Any]:
     """Predict one scan and write its mask, probability map and QC picture."""
-    image, affine = load_volume(path)
+    image, affine = read_nifti(path)
     header = nib.load(str(path)).header
     result = predictor.predict(image, affine)
     name = scan_name(path)
     mask_path, prob_path, *qc_path = scan_files(output, name, qc)
     mask = result.mask
-    save_nifti_atomic(prob_path, result.prob.astype(np.float32), affine, header)
-    save_nifti_atomic(mask_path, mask, affine, header)
+    write_nifti(prob_path, result.prob.astype(np.float32), affine, header)
+    write_nifti(mask_path, mask, affine, header)
     if qc:
         plot_case_slices(image, None, mask, qc_path[0], title=name)
     return {
@@ -206,7 +206,7 @@ def finished_row(output: Path, path: Path, previous: dict[str, dict[str, Any]]) 
     name = scan_name(path)
     if name in previous:
         return previous[name]
-    mask, affine = load_volume(scan_files(output, name, False)[0])
+    mask, affine = read_nifti(scan_files(output, name, False)[0])
     return {"scan": name, **lesion_stats(mask, spacing_of(affine)), "mode": "", "input": str(path)}
 
 
@@ -247,15 +247,9 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         if path not in done:
             check_readable(path)
     remove_stale_temporaries(output, [scan_name(p) for p in inputs], qc)
-    predictor = Predictor.from_checkpoints(
-        _ckpts(cfg.ckpt),
-        mode=str(cfg.mode),
-        tta=bool(cfg.tta),
-        overlap=float(cfg.overlap),
-        device=str(cfg.device),
-        amp=bool(cfg.amp),
-        min_lesion_mm3=chosen_value(cfg.get("min_lesion_mm3", 0) or 0),
-    )
+    with config_section("inference"):
+        predictor = Predictor.from_config(_ckpts(cfg.ckpt), cfg.inference)
+    predictor.min_lesion_mm3 = chosen_value(cfg.get("min_lesion_mm3", 0) or 0)
     log.info(
         "Predicting %d scan(s) on %s into %s (%d finished before, kept)",
         len(inputs) - len(done),
@@ -271,5 +265,5 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         else:
             rows.append(predict_scan(predictor, path, output, qc))
         # Rewritten after every scan: an interrupted run still lists what it finished.
-        write_csv_atomic(output / "lesions.csv", rows, LESION_COLUMNS)
+        write_csv(output / "lesions.csv", rows, LESION_COLUMNS)
     return rows

@@ -1,146 +1,73 @@
-"""Result files of an evaluation: summary.json, the paper's tables, Fig. 3 and Fig. 2-like views.
+"""The text of an evaluation's results: summary.json contents and the paper's tables in report.md.
 
 Tables follow Tomita et al. (2020): Table 2 (per-scan metrics as "mean (95% CI)"), Table 4
-(the same per lesion-size quartile) and Table 5 (models side by side with the micro-DSC);
-Fig. 3 plots per-scan DSC against log10 lesion voxels with a least-squares line and R²;
-Fig. 2 shows predicted probabilities projected over the brain beside the reference, here
-as maximum-intensity projections along the three axes.
-
-Every file is written under a temporary name in its folder and renamed when complete, so a
-killed run never leaves a half-written file behind.
+(the same per lesion-size quartile) and Table 5 (models side by side with the micro-DSC).
+This module only builds dictionaries and markdown; the figures (Fig. 3, Fig. 2-like views)
+are drawn by `stroke_seg.plotting` and every file is written by `stroke_seg.atomic`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-
-from stroke_seg.errors import StrokeSegError  # noqa: E402
-from stroke_seg.metrics import SCAN_METRIC_KEYS  # noqa: E402
-from stroke_seg.stats import r_squared, summarize_by_size_quartile, summarize_cases  # noqa: E402
-
-# --------------------------------------------------------------------------------------
-# Writing files safely
-# --------------------------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a hidden temporary name beside `path` (ending in the same name, so writers that
-    infer the format from it work); rename it to `path` on success, delete it on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` to a temporary file beside `path`, then rename it into place."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def _json_safe(value: Any) -> Any:
-    """nan/inf -> null (JSON has no nan), numpy scalars -> Python numbers."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """JSON with nan written as null, atomically."""
-    return write_text_atomic(path, json.dumps(_json_safe(obj), indent=2) + "\n")
-
-
-def write_csv_atomic(
-    path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
-) -> Path:
-    """A CSV of `columns` (nan as an empty cell would hide it, so it is written as 'nan')."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row.get(k, "") for k in columns})
-    return write_text_atomic(path, buffer.getvalue())
-
-
-def save_nifti_atomic(
-    path: str | Path, array: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header | None = None
-) -> Path:
-    """Save `array` with the input's affine and header (orientation codes, units) atomically.
-
-    The data type is the array's; intensity scaling of the source header is reset so that
-    the stored values are the array's values.
-    """
-    img = nib.Nifti1Image(array, affine, header=None if header is None else header.copy())
-    img.set_data_dtype(array.dtype)
-    img.header.set_slope_inter(1.0, 0.0)
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
-    return Path(path)
-
-
-def _save_figure(fig: plt.Figure, path: Path, dpi: int = 90) -> Path:
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi)
-    finally:
-        plt.close(fig)
-    return path
-
-
-def check_output_dir(path: str | Path, overwrite: bool, key: str = "output") -> Path:
-    """Refuse an output folder that already holds files unless `overwrite` is set."""
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise StrokeSegError(f"{key}={path} is a file; pass a folder for the results.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise StrokeSegError(
-            f"{key}={path} already holds files; pass overwrite=true to replace them or choose "
-            f"another {key}=."
-        )
-    return path
-
+from stroke_seg.metrics import SCAN_METRIC_KEYS
+from stroke_seg.stats import summarize_by_size_quartile, summarize_cases
 
 # --------------------------------------------------------------------------------------
 # summary.json
 # --------------------------------------------------------------------------------------
 
 
+# The definitions every summary.json records (docs/metrics.md), besides those read from the
+# rows (connectivity, empty policy, modes) and those the task adds (precision, split grouping).
+VOLUME_DIFFERENCE = (
+    "volume_diff_voxels = |sum(pred) - sum(ref)| in voxels (the ATLAS v2.0 challenge's); "
+    "volume_diff_ml = the same times the voxel volume, in ml"
+)
+TABLE4_GROUPS = (
+    "reference lesion voxels cut at np.percentile(sizes, [25, 50, 75]) (linear); each group "
+    "is [lower, upper), so a scan on a cut-off opens the group above it"
+)
+
+
+def definitions_of(
+    rows: Sequence[Mapping[str, Any]], empty_policy: str, n_resamples: int, seed: int
+) -> dict[str, Any]:
+    """Which definition produced the numbers of `rows`: the lesion connectivity and empty-mask
+    policy the rows were scored with, the spatial strategies that made the predictions, the
+    volume-difference units, the Table 4 grouping and the bootstrap."""
+    connectivity = sorted(
+        {int(r["lesion_connectivity"]) for r in rows if "lesion_connectivity" in r}
+    )
+    return {
+        "lesion_connectivity": connectivity[0] if len(connectivity) == 1 else connectivity,
+        "empty_policy": empty_policy,
+        "modes_used": sorted({str(r["mode"]) for r in rows if "mode" in r}),
+        "volume_difference": VOLUME_DIFFERENCE,
+        "table4_groups": TABLE4_GROUPS,
+        "bootstrap": f"percentile bootstrap of the mean, {n_resamples} resamples, seed {seed}",
+    }
+
+
 def summary_json(
-    rows: Sequence[Mapping[str, Any]], empty_policy: str, n_resamples: int = 1000, seed: int = 0
+    rows: Sequence[Mapping[str, Any]],
+    empty_policy: str,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    definitions: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The summary.json of one model, from `scan_metrics` rows (paper Tables 2 and 5).
 
     Shape: {"n", "metrics": {<metric>: {"mean", "median", "ci95": [lo, hi]}} for every
-    per-scan metric, "micro_dsc", "empty_policy", "empty_cases"}. nan values (undefined
+    per-scan metric, "micro_dsc", "empty_policy", "empty_cases", "definitions"} (plus
+    "by_empty_policy" when a scan is empty, and the `extra` entries). nan values (undefined
     metrics under the "nan" policy, mDSC without a probability map) are left out of the
-    statistics; a metric with no values has null statistics.
+    statistics; a metric with no values has null statistics. "definitions" is
+    `definitions_of` the rows updated with `definitions` (what the task knows: precision,
+    inference mode, split grouping), so a reader knows which definition gave each number.
     """
     stats = summarize_cases(rows, SCAN_METRIC_KEYS, n_resamples=n_resamples, seed=seed)
     metrics = {}
@@ -153,6 +80,12 @@ def summary_json(
         "micro_dsc": stats.get("micro_dsc", math.nan),
         "empty_policy": empty_policy,
         "empty_cases": stats["empty_cases"],
+        **({"by_empty_policy": stats["by_empty_policy"]} if "by_empty_policy" in stats else {}),
+        "definitions": {
+            **definitions_of(rows, empty_policy, n_resamples, seed),
+            **(definitions or {}),
+        },
+        **(extra or {}),
     }
 
 
@@ -173,6 +106,7 @@ CHALLENGE_COLUMNS = (
     ("hd95_mm", "HD95 (mm)", 1),
     ("lesion_f1", "Lesion F1", 2),
     ("volume_diff_ml", "Volume diff (ml)", 2),
+    ("volume_diff_voxels", "Volume diff (voxels)", 0),
     ("lesion_count_diff", "Lesion count diff", 1),
 )
 TABLE2_HEADER = "| Methods | DSC | mDSC | HD (mm) | ASSD (mm) | TPR | Precision |"
@@ -226,20 +160,46 @@ def table4(quartiles: Sequence[Mapping[str, Any]]) -> str:
 
 
 def table5(summaries: Mapping[str, Mapping[str, Any]]) -> str:
-    """Paper Table 5: models side by side, with the micro-DSC (pooled over all voxels)."""
-    header = ["Methods", "DSC", "median DSC", "micro-DSC", *[c[1] for c in TABLE2_COLUMNS[1:]]]
+    """Paper Table 5: models side by side, with the micro-DSC (pooled over all voxels) and the
+    spatial strategy that made each row's predictions (the paper's ablation used the centre
+    crop for every model; docs/evaluation.md "Table 5")."""
+    header = [
+        "Methods",
+        "Inference",
+        "DSC",
+        "median DSC",
+        "micro-DSC",
+        *[c[1] for c in TABLE2_COLUMNS[1:]],
+    ]
     rows = []
     for name, s in summaries.items():
         m = s["metrics"]
+        modes = s.get("definitions", {}).get("modes_used") or ["–"]
         rows.append(
             [
                 name,
+                "+".join(modes),
                 format_ci(m["dsc"], 2),
                 _num(m["dsc"]["median"], 2),
                 _num(s["micro_dsc"], 2),
                 *[format_ci(m.get(k), d) for k, _, d in TABLE2_COLUMNS[1:]],
             ]
         )
+    return _table(header, rows)
+
+
+def empty_policy_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
+    """HD, HD95 and ASSD under both empty-mask policies, for the models that have empty cases
+    (`by_empty_policy` of `stroke_seg.stats.summarize_cases`), with how many scans each mean
+    averages; the policy a run was configured with is marked."""
+    header = ["Methods", "Empty-mask policy", "Scans averaged", "HD (mm)", "HD95 (mm)", "ASSD (mm)"]
+    rows = []
+    for name, s in summaries.items():
+        for policy, entries in s.get("by_empty_policy", {}).items():
+            label = f"{policy} (this run)" if policy == s.get("empty_policy") else policy
+            n = str(entries["hd_mm"]["n"]) if "hd_mm" in entries else "–"
+            cells = [format_ci(entries.get(k), 1) for k in ("hd_mm", "hd95_mm", "assd_mm")]
+            rows.append([name, label, n, *cells])
     return _table(header, rows)
 
 
@@ -283,6 +243,19 @@ def render_report(
         )
     if len(summaries) > 1:
         out += ["", "## Table 5: comparison (with micro-DSC)", "", table5(summaries)]
+    if any("by_empty_policy" in s for s in summaries.values()):
+        out += [
+            "",
+            "## HD and ASSD under both empty-mask policies",
+            "",
+            "Some scans have an empty prediction or reference (see the empty cases above). "
+            "`worst_case` scores a missed lesion or a false alarm at the scan diagonal and two "
+            "empty masks at 0 mm; `nan` leaves them out of the means. Paper Table 2 gives "
+            "finite means without saying how empty predictions were scored; set a number "
+            "beside one only under the same policy.",
+            "",
+            empty_policy_table(summaries),
+        ]
     out += ["", "## ATLAS v2.0 challenge metrics", "", table2(summaries, CHALLENGE_COLUMNS), ""]
     for name, blocks in quartiles.items():
         out += [f"## Table 4: {name} by lesion-size quartile", "", table4(blocks), ""]
@@ -294,76 +267,3 @@ def render_report(
             out += [f"- [{subject}]({link})" for subject, link in links]
             out.append("")
     return "\n".join(out).rstrip() + "\n"
-
-
-# --------------------------------------------------------------------------------------
-# Figures
-# --------------------------------------------------------------------------------------
-
-
-def plot_dsc_vs_lesion_size(
-    rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = ""
-) -> Path:
-    """Paper Fig. 3: per-scan DSC against log10 reference lesion voxels, least-squares line,
-    R² in the title (the paper found R² = 0.34). Scans without reference lesion are left out
-    (log10 0 is undefined) and counted in the title."""
-    size = np.asarray([float(r["ref_voxels"]) for r in rows], dtype=np.float64)
-    dsc = np.asarray([float(r["dsc"]) for r in rows], dtype=np.float64)
-    keep = (size > 0) & np.isfinite(dsc)
-    x, y = np.log10(size[keep]), dsc[keep]
-    r2 = r_squared(x, y)
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    ax.scatter(x, y, s=18, color="tab:blue")
-    if x.size >= 2 and np.ptp(x) > 0:
-        slope, intercept = np.polyfit(x, y, 1)
-        xs = np.linspace(x.min(), x.max(), 50)
-        ax.plot(xs, intercept + slope * xs, color="tab:red", lw=1.5)
-    dropped = int((~keep).sum())
-    note = f", {dropped} without lesion left out" if dropped else ""
-    r2_text = "nan" if not math.isfinite(r2) else f"{r2:.2f}"
-    ax.set(xlabel="log10(lesion voxels)", ylabel="DSC", ylim=(-0.02, 1.02))
-    ax.set_title(f"{title}  R² = {r2_text} (n = {int(keep.sum())}{note})".strip(), fontsize=9)
-    fig.tight_layout()
-    return _save_figure(fig, Path(path))
-
-
-def _overlay(
-    ax: plt.Axes, background: np.ndarray, values: np.ndarray, rgb: tuple, aspect: float
-) -> None:
-    ax.imshow(background.T, cmap="gray", origin="lower", aspect=aspect)
-    rgba = np.zeros((*values.T.shape, 4), dtype=np.float32)
-    rgba[..., :3] = rgb
-    rgba[..., 3] = np.clip(values.T, 0.0, 1.0) * 0.85
-    ax.imshow(rgba, origin="lower", aspect=aspect)
-    ax.axis("off")
-
-
-def plot_projections(
-    image: np.ndarray,
-    prob: np.ndarray,
-    reference: np.ndarray | None,
-    path: str | Path,
-    title: str = "",
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
-) -> Path:
-    """Fig. 2-like view: maximum-intensity projections of the predicted probability (red,
-    brighter = higher) and of the reference (blue) over the mean projection of the T1,
-    along each array axis (sagittal, coronal, axial for RAS data), drawn to scale with the
-    voxel `spacing` (mm)."""
-    image = np.asarray(image, dtype=np.float32)
-    layers = [("prediction", np.asarray(prob, dtype=np.float32), (1.0, 0.1, 0.1))]
-    if reference is not None:
-        layers.insert(
-            0, ("reference", (np.asarray(reference) > 0).astype(np.float32), (0.1, 0.4, 1.0))
-        )
-    fig, axes = plt.subplots(len(layers), 3, figsize=(10, 3.3 * len(layers)), squeeze=False)
-    for row, (label, values, rgb) in enumerate(layers):
-        for col, (axis, view) in enumerate(((0, "sagittal"), (1, "coronal"), (2, "axial"))):
-            shown = [a for a in range(3) if a != axis]
-            aspect = float(spacing[shown[1]]) / float(spacing[shown[0]])
-            background = image.mean(axis=axis)
-            _overlay(axes[row, col], background, values.max(axis=axis), rgb, aspect)
-            axes[row, col].set_title(f"{label}: {view} MIP", fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return _save_figure(fig, Path(path))

@@ -7,7 +7,10 @@ Table 5), and the R² of per-scan DSC against log10 lesion voxels (Fig. 3, R² =
 
 NaN handling: a nan value (e.g. a surface distance under `EmptyPolicy.nan()`) is left out
 of the mean, median and bootstrap, and counted in `n_nan`, so a summary always says how
-many scans it did not average over; `n` counts the values it did use.
+many scans it did not average over; `n` counts the values it did use. Whenever a scan has
+an empty prediction or reference, `summarize_cases` also summarises HD, HD95 and ASSD under
+both named empty-mask policies (`summarize_by_empty_policy`), so a report can set the one
+that matches a published number beside it.
 """
 
 from __future__ import annotations
@@ -19,10 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from stroke_seg.metrics import EMPTY_CASES, SCAN_METRIC_KEYS
+from stroke_seg.metrics import (
+    EMPTY_CASES,
+    SCAN_METRIC_KEYS,
+    SURFACE_DISTANCE_KEYS,
+    EmptyPolicy,
+    with_policy,
+)
 
 DEFAULT_METRIC_KEYS = SCAN_METRIC_KEYS
 QUARTILE_LABELS = ("0-25%", "25-50%", "50-75%", "75-100%")
+EMPTY_POLICY_NAMES = ("worst_case", "nan")
+"""The named empty-mask policies (`EmptyPolicy.from_name`) a summary is given under."""
 
 
 def _apply_stat(stat: Callable[..., Any], samples: np.ndarray) -> np.ndarray:
@@ -123,6 +134,38 @@ def micro_dsc(rows: Sequence[Mapping[str, Any]], empty_value: float = 1.0) -> fl
     return float(empty_value) if den == 0 else float(2 * tp / den)
 
 
+def summarize_by_empty_policy(
+    rows: Sequence[Mapping[str, Any]],
+    metric_keys: Sequence[str] = SURFACE_DISTANCE_KEYS,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """{policy: {metric: `summarize` entry}} for both `EMPTY_POLICY_NAMES`, from one pass.
+
+    A row scored under a policy keeps its own values for that policy (so a custom
+    `worst_case` penalty stays as scored); under the other policy its empty case is
+    re-scored by `stroke_seg.metrics.with_policy`. Only the surface distances differ between
+    the two policies. Metric keys absent from the rows are skipped.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name in EMPTY_POLICY_NAMES:
+        policy = EmptyPolicy.from_name(name)
+        scored = [
+            row if row.get("empty_policy") == name else with_policy(row, policy) for row in rows
+        ]
+        out[name] = {
+            key: summarize([float(r[key]) for r in scored], n_resamples=n_resamples, seed=seed)
+            for key in metric_keys
+            if rows and all(key in r for r in rows)
+        }
+    return out
+
+
+def _one_or_list(values: set[Any]) -> Any:
+    ordered = sorted(values)
+    return ordered[0] if len(ordered) == 1 else ordered
+
+
 def summarize_cases(
     rows: Sequence[Mapping[str, Any]],
     metric_keys: Sequence[str] = DEFAULT_METRIC_KEYS,
@@ -133,9 +176,12 @@ def summarize_cases(
 
     Returns a dict with one `summarize` entry per metric key present in the rows, plus
     "n_cases", "empty_cases" (how many scans hit each `EMPTY_CASES` label, i.e. how many
-    the empty-mask policy touched), "empty_policy" (the policy names seen) and, when every
-    row carries tp/fp/fn counts, "micro_dsc". Metric keys absent from every row are
-    skipped; a key missing from only some rows raises ValueError.
+    the empty-mask policy touched), "empty_policy" and "lesion_connectivity" (the values
+    the rows were scored with: one, or a sorted list if they differ; absent if no row says)
+    and, when every row carries tp/fp/fn counts, "micro_dsc". When any scan has an empty
+    mask, "by_empty_policy" holds `summarize_by_empty_policy` (HD, HD95, ASSD under both
+    policies). Metric keys absent from every row are skipped; a key missing from only some
+    rows raises ValueError.
     """
     out: dict[str, Any] = {}
     for key in metric_keys:
@@ -148,9 +194,14 @@ def summarize_cases(
     out["n_cases"] = len(rows)
     counts = Counter(str(row.get("empty_case", "none")) for row in rows)
     out["empty_cases"] = {case: int(counts.get(case, 0)) for case in EMPTY_CASES}
-    policies = sorted({str(row["empty_policy"]) for row in rows if "empty_policy" in row})
-    if policies:
-        out["empty_policy"] = policies[0] if len(policies) == 1 else policies
+    for key in ("empty_policy", "lesion_connectivity"):
+        seen = {row[key] for row in rows if key in row}
+        if seen:
+            out[key] = _one_or_list(seen)
+    if any(case != "none" and counts[case] for case in counts):
+        out["by_empty_policy"] = summarize_by_empty_policy(
+            rows, SURFACE_DISTANCE_KEYS, n_resamples, seed
+        )
     if rows and all(all(k in row for k in ("tp", "fp", "fn")) for row in rows):
         out["micro_dsc"] = micro_dsc(rows)
     return out
@@ -180,17 +231,36 @@ def r_squared(x: np.ndarray | Sequence[float], y: np.ndarray | Sequence[float]) 
     return 1.0 - float(residual @ residual) / syy
 
 
+def quartile_cutoffs(sizes: np.ndarray | Sequence[float]) -> np.ndarray:
+    """The 25th, 50th and 75th percentiles of `sizes` (np.percentile, linear interpolation).
+
+    No sizes -> three nan.
+    """
+    arr = np.asarray(sizes, dtype=np.float64).ravel()
+    if arr.size == 0:
+        return np.full(3, math.nan)
+    return np.percentile(arr, [25.0, 50.0, 75.0])
+
+
 def quartile_groups(sizes: np.ndarray | Sequence[float]) -> list[np.ndarray]:
     """Indices of the four lesion-size groups of Table 4 (0–25%, 25–50%, 50–75%, 75–100%).
 
-    Scans are ordered by lesion size with a stable sort (ties keep their input order) and
-    the order is cut by `np.array_split(order, 4)`: group sizes differ by at most one and
-    the larger groups come first (31 scans -> 8, 8, 8, 7). Tied sizes may thus fall in two
-    neighbouring groups.
+    The paper's groups are percentile ranges of the per-scan lesion size, its first being
+    the scans "smaller than the 25th percentile" (Sec. 3.4, Table 4). So the cut-offs are
+    `quartile_cutoffs` and each group is a half-open range [lower cut-off, upper cut-off):
+    a scan exactly on a cut-off opens the upper group, as the paper's strict "smaller than"
+    keeps it out of the lower one. On 31 distinct sizes that gives 8, 7, 8, 8 scans (the
+    median scan opens the 50–75% group). Tied sizes always share a group, so with many ties
+    a group can hold fewer scans, or none. Within a group the indices are in increasing
+    size (ties in input order).
     """
     arr = np.asarray(sizes, dtype=np.float64).ravel()
     order = np.argsort(arr, kind="stable")
-    return [np.asarray(g, dtype=np.intp) for g in np.array_split(order, 4)]
+    if arr.size == 0:
+        return [np.zeros(0, dtype=np.intp) for _ in QUARTILE_LABELS]
+    # The number of cut-offs at or below a size is its group.
+    group = np.searchsorted(quartile_cutoffs(arr), arr[order], side="right")
+    return [np.asarray(order[group == g], dtype=np.intp) for g in range(len(QUARTILE_LABELS))]
 
 
 def summarize_by_size_quartile(
@@ -200,19 +270,23 @@ def summarize_by_size_quartile(
     n_resamples: int = 1000,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Table 4: `summarize_cases` of each lesion-size quartile group (see `quartile_groups`).
+    """Table 4: `summarize_cases` of each lesion-size percentile group (`quartile_groups`).
 
     Returns four dicts, each with "group" (e.g. "0-25%"), "indices" (row positions),
-    "size_range" ([min, max] of `size_key` in the group) and the `summarize_cases` entries.
+    "size_range" ([min, max] of `size_key` in the group, [] if it is empty), "cutoffs"
+    ([lower, upper] percentile cut-offs of the group, None for the open ends) and the
+    `summarize_cases` entries.
     """
     sizes = np.asarray([float(row[size_key]) for row in rows], dtype=np.float64)
+    edges = [None, *(float(c) for c in quartile_cutoffs(sizes)), None]
     out = []
-    for label, idx in zip(QUARTILE_LABELS, quartile_groups(sizes), strict=True):
+    for g, (label, idx) in enumerate(zip(QUARTILE_LABELS, quartile_groups(sizes), strict=True)):
         group_rows = [rows[i] for i in idx]
         block: dict[str, Any] = {
             "group": label,
             "indices": [int(i) for i in idx],
             "size_range": [float(sizes[idx].min()), float(sizes[idx].max())] if idx.size else [],
+            "cutoffs": [edges[g], edges[g + 1]],
         }
         block.update(summarize_cases(group_rows, metric_keys, n_resamples, seed))
         out.append(block)

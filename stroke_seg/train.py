@@ -7,7 +7,6 @@ turned into objects here and nowhere deeper.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -20,12 +19,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
+from stroke_seg.atomic import write_json, write_text
 from stroke_seg.callbacks import FiniteLossGuard, call_logger, guard_logger
 from stroke_seg.checkpoints import load_matching_weights, read_checkpoint
 from stroke_seg.data.datamodule import StrokeDataModule
 from stroke_seg.distributed import check_launch, close_process_group_at_exit, is_rank_zero
-from stroke_seg.errors import StrokeSegError
-from stroke_seg.lit_module import LesionSegModule
+from stroke_seg.errors import StrokeSegError, config_section
+from stroke_seg.lit_module import LesionSegModule, check_optim, check_speed
 from stroke_seg.safe_io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -130,14 +130,23 @@ def _plain(node: Any) -> Any:
 
 
 def build_module(cfg: DictConfig, preprocessing: dict) -> LesionSegModule:
-    return LesionSegModule(
-        net=_plain(cfg.model),
-        loss=_plain(cfg.loss),
-        optim=_plain(cfg.optim),
-        preprocessing=preprocessing,
-        stage=str(cfg.stage.name),
-        speed=_plain(cfg.get("speed")),
-    )
+    """The LightningModule of `cfg`. Each section is checked under its own name first, and the
+    network is built under ``model``, so a mistake reads as the key to change
+    (``optim.weight_decay``, ``speed.compile``, ``model.groups``)."""
+    optim, speed = _plain(cfg.optim), _plain(cfg.get("speed"))
+    with config_section("optim"):
+        check_optim(optim)
+    with config_section("speed"):
+        check_speed(speed)
+    with config_section("model"):
+        return LesionSegModule(
+            net=_plain(cfg.model),
+            loss=_plain(cfg.loss),
+            optim=optim,
+            preprocessing=preprocessing,
+            stage=str(cfg.stage.name),
+            speed=speed,
+        )
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
@@ -155,7 +164,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
                 logger = instantiate(logger_cfg)
             else:
                 if not id_file.exists():
-                    id_file.write_text(uuid.uuid4().hex[:8] + "\n")
+                    write_text(id_file, uuid.uuid4().hex[:8] + "\n")
                 logger = instantiate(logger_cfg, id=id_file.read_text().strip(), resume="allow")
         else:
             logger = instantiate(logger_cfg)
@@ -188,12 +197,13 @@ def run(cfg: DictConfig) -> float:
     check_config(cfg, run_dir)
     clear_previous_run(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
 
-    datamodule: StrokeDataModule = instantiate(cfg.data)
-    datamodule.setup("fit")
-    module = build_module(cfg, datamodule.preprocessing())
+    with config_section("data"):  # the DataModule names its parameters; the user reads data.*
+        datamodule: StrokeDataModule = instantiate(cfg.data)
+        datamodule.setup("fit")
+    module = build_module(cfg, datamodule.preprocessing().to_dict())
     if cfg.ckpt and not cfg.resume:
         load_matching_weights(module, cfg.ckpt, key="ckpt")
         log.info("Initialised %s from %s", cfg.stage.name, cfg.ckpt)
@@ -258,6 +268,4 @@ def write_summary(
         "resumed_from": cfg.resume,
         "checkpoints": sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")),
     }
-    path = run_dir / "summary.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    return path
+    return write_json(run_dir / "summary.json", summary)

@@ -9,9 +9,8 @@ from hydra.utils import instantiate
 from monai.transforms import Compose
 
 from stroke_seg.data.augment import KEYS, augmentation_transforms
-from stroke_seg.errors import StrokeSegError
-from tests.conftest import compose_train
-from tests.test_data import _datamodule
+from stroke_seg.errors import StrokeSegError, config_section
+from tests.helpers import compose_train, tiny_datamodule
 
 NONE = {
     "flip_prob": 0.0,
@@ -42,7 +41,7 @@ def _sample(dm, epoch=3, index=2) -> dict:
 
 def test_augmentation_none_leaves_the_papers_crops_unchanged(tiny_bids):
     assert augmentation_transforms(NONE) == [] and augmentation_transforms(None) == []
-    plain, off = _datamodule(tiny_bids), _datamodule(tiny_bids, augmentation=NONE)
+    plain, off = tiny_datamodule(tiny_bids), tiny_datamodule(tiny_bids, augmentation=NONE)
     for key in [(3, 2), (7, 0)]:
         assert _sample(plain, *key)["image"].equal(_sample(off, *key)["image"])
 
@@ -50,16 +49,16 @@ def test_augmentation_none_leaves_the_papers_crops_unchanged(tiny_bids):
 def test_flips_mirror_image_and_label_of_the_same_crop(tiny_bids):
     """Augmentation comes after the crop and does not move it: with every axis mirrored,
     the augmented sample is exactly the plain crop flipped."""
-    plain = _sample(_datamodule(tiny_bids))
-    flipped = _sample(_datamodule(tiny_bids, augmentation={**NONE, "flip_prob": 1.0}))
+    plain = _sample(tiny_datamodule(tiny_bids))
+    flipped = _sample(tiny_datamodule(tiny_bids, augmentation={**NONE, "flip_prob": 1.0}))
     for key in ("image", "label"):
         assert torch.equal(flipped[key], torch.flip(plain[key], dims=(1, 2, 3)))
     assert plain["label"].sum() > 0  # the check is not on an empty label
 
 
 def test_full_augmentation_is_seeded_keeps_labels_binary_and_changes_the_image(tiny_bids):
-    dm = _datamodule(tiny_bids, augmentation=ALWAYS)
-    plain = _sample(_datamodule(tiny_bids))
+    dm = tiny_datamodule(tiny_bids, augmentation=ALWAYS)
+    plain = _sample(tiny_datamodule(tiny_bids))
     first, again, other_epoch = _sample(dm), _sample(dm), _sample(dm, epoch=4)
     assert first["image"].equal(again["image"]) and first["label"].equal(again["label"])
     assert not first["image"].equal(other_epoch["image"])
@@ -96,16 +95,24 @@ def test_rotation_and_zoom_move_label_and_image_together():
             r"data.augmentation.scale_range=\[1.2, 0.8\] must be \[low, high\]",
         ),
         ({"gamma_prob": 0.3, "gamma_range": 2}, r"data.augmentation.gamma_range=2 must be"),
-        ({"mirror": 0.5}, "data.augmentation.mirror is not an augmentation setting"),
+        ({"mirror": 0.5}, r"data.augmentation.mirror=0.5 is not an augmentation setting"),
     ],
 )
 def test_bad_augmentation_settings_are_named(tiny_bids, change, message):
-    with pytest.raises(StrokeSegError, match=message):
-        _datamodule(tiny_bids, augmentation={**NONE, **change})
+    """The library names its parameter (``augmentation.flip_prob``); the training task puts
+    it under ``data.``, as the user writes it."""
+    with pytest.raises(StrokeSegError, match=f"^{message.removeprefix('data.')}"):
+        tiny_datamodule(tiny_bids, augmentation={**NONE, **change})
+    with pytest.raises(StrokeSegError, match=f"^{message}"):
+        with config_section("data"):
+            tiny_datamodule(tiny_bids, augmentation={**NONE, **change})
     partial = dict(NONE)
     del partial["noise_std"]
-    with pytest.raises(StrokeSegError, match="data.augmentation.noise_std is missing"):
+    with pytest.raises(StrokeSegError, match="^augmentation.noise_std= is missing"):
         augmentation_transforms(partial)
+    with pytest.raises(StrokeSegError, match="^data.augmentation.noise_std= is missing"):
+        with config_section("data"):
+            augmentation_transforms(partial)
 
 
 def test_config_groups_reach_the_datamodule(tiny_bids, tmp_path):

@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
+import numpy as np
 import pytest
 import torch
 
-from stroke_seg.bench import (
+from stroke_seg.bench.cli import _subset
+from stroke_seg.bench.cli import run as run_command
+from stroke_seg.bench.evaluation import synthetic_cases
+from stroke_seg.bench.presets import (
     OPTIONS,
     SECTIONS,
-    TARGETS,
     config_presets,
-    count_train_flops,
-    synthetic_cases,
-    target_values,
+    inference_defaults,
+    training_recipe,
 )
-from stroke_seg.errors import StrokeSegError
+from stroke_seg.bench.probe import count_train_flops
+from stroke_seg.bench.report import TARGETS, target_values
+from stroke_seg.data.synthetic import ellipsoid_mask
+from stroke_seg.errors import StrokeSegError, config_section
 from stroke_seg.inference import load_model
 from stroke_seg.lit_module import LesionSegModule, check_speed
 from stroke_seg.train import run
-from tests.conftest import REPO, compose_train
+from tests.helpers import compose_config, compose_train, run_module
 
 NET = {"widths": [4, 8], "groups": 2}
 LOSS = {"bce_weight": 0.1, "dice_weight": 0.9}
@@ -35,8 +37,12 @@ def test_speed_options_default_off_and_unknown_keys_refused():
         "compile": False,
         "compile_mode": "default",
     }
-    with pytest.raises(StrokeSegError, match="speed.chanels_last is not a speed option"):
+    # The library names the option; the training task puts it under its section.
+    with pytest.raises(StrokeSegError, match=r"^chanels_last=True is not a speed option"):
         check_speed({"chanels_last": True})
+    with pytest.raises(StrokeSegError, match=r"^speed\.chanels_last=True is not a speed option"):
+        with config_section("speed"):
+            check_speed({"chanels_last": True})
 
 
 def test_channels_last_changes_layout_not_results_or_weight_names():
@@ -95,6 +101,24 @@ def test_synthetic_evaluation_cases_are_realistic():
         assert pred.shape == ref.shape == prob.shape == (40, 48, 36)
         assert ref.sum() > 0 and pred.sum() > 0 and 0.0 <= prob.min() and prob.max() <= 1.0
         assert (pred == (prob > 0.5)).all()
+    again = synthetic_cases(5, (40, 48, 36), seed=1)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(cases, again, strict=True))
+
+
+def test_evaluation_cases_draw_their_lesions_with_the_synthetic_generator(monkeypatch):
+    """The reference lesions are the synthetic set's ellipsoids (one generator, not a copy):
+    replacing `stroke_seg.data.synthetic.ellipsoid_mask` changes every case."""
+    calls = []
+
+    def counted(shape, centre, radii):
+        calls.append(tuple(radii))
+        return ellipsoid_mask(shape, centre, radii)
+
+    monkeypatch.setattr("stroke_seg.data.synthetic.ellipsoid_mask", counted)
+    cases = synthetic_cases(3, (40, 48, 36), seed=1)
+    assert len(calls) == 3 * 3  # reference, prediction, false-positive blob per case
+    assert [c[-1] for c in calls[2::3]] == [2.5, 2.5, 2.5]
+    assert len(cases) == 3
 
 
 def test_presets_are_the_experiment_configs():
@@ -113,6 +137,53 @@ def test_presets_are_the_experiment_configs():
     }
 
 
+def test_loss_optimiser_and_inference_settings_come_from_the_configs():
+    """No literal copies: the probe's Adam uses the composed stage's learning rate and the
+    optimiser group's weight decay, the inference section the inference group's options."""
+    for preset in ("demo", "paper"):
+        for stage in ("zoom_in", "zoom_out"):
+            cfg = compose_config("train", [f"experiment={preset}", f"stage={stage}", "name=x"])
+            recipe = training_recipe(preset, stage)
+            assert recipe["optim"]["lr"] == cfg.stage.lr
+            assert recipe["optim"]["weight_decay"] == cfg.optim.weight_decay
+            assert recipe["loss"] == {k: cfg.loss[k] for k in cfg.loss}
+    paper_in = training_recipe("paper", "zoom_in")
+    assert paper_in["optim"] == {
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "restart_period_epochs": 50,
+        "eta_min": 0.0,
+    }  # Table 1
+    assert paper_in["loss"] == {"bce_weight": 0.1, "dice_weight": 0.9, "smooth": 1.0}
+    assert training_recipe("paper", "zoom_out")["optim"]["lr"] == 1e-4
+    bench = compose_config("bench")
+    assert dict(bench.inference) == inference_defaults()
+    assert inference_defaults()["overlap"] == 0.5 and inference_defaults()["tta"] is False
+
+
+def test_sections_and_options_are_checked():
+    assert _subset("sections", "train", SECTIONS) == ["train"]
+    assert _subset("options", ["fp32", "bf16"], OPTIONS) == ["fp32", "bf16"]
+    with pytest.raises(StrokeSegError, match=r"^sections='trian' is not known; use one of train"):
+        _subset("sections", ["train", "trian"], SECTIONS)
+    with pytest.raises(StrokeSegError, match=r"^options=\[\] is empty"):
+        _subset("options", [], OPTIONS)
+    with pytest.raises(StrokeSegError, match=r"^threads='two' is not a whole number\.$"):
+        run_command(compose_config("bench", ["threads=two"]))
+    with pytest.raises(StrokeSegError, match=r"^device='cdua' is not a torch device"):
+        run_command(compose_config("bench", ["device=cdua", "sections=[evaluation]"]))
+
+
+def test_a_bad_section_ends_in_one_sentence_with_status_2(tmp_path):
+    proc = run_module("stroke_seg.bench", "sections=[train,trian]", f"out={tmp_path}/r.json")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: sections='trian' is not known; use one of train, memory, data, inference, "
+        "evaluation."
+    ]
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_targets_are_judged():
     results = {
         "data": {"ratio_cached_vs_nifti": 12.0},
@@ -128,18 +199,11 @@ def test_targets_are_judged():
 
 
 def test_quick_benchmark_writes_results_with_the_expected_keys(tmp_path):
-    """`python -m stroke_seg.bench --quick` (what `make bench` runs, with tiny sizes)."""
+    """`python -m stroke_seg.bench quick=true` (what `make bench` runs, with tiny sizes)."""
     out = tmp_path / "bench" / "results.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "stroke_seg.bench", "--quick", "--out", str(out)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_module("stroke_seg.bench", "quick=true", f"out={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench"]  # Hydra writes nothing
     assert "targets (2-core CPU):" in proc.stdout
     results = json.loads(out.read_text())
     assert {
@@ -153,6 +217,7 @@ def test_quick_benchmark_writes_results_with_the_expected_keys(tmp_path):
         "total_s",
     } <= set(results)
     assert results["quick"] is True and results["machine"]["device"] == "cpu"
+    assert results["command"] == f"python -m stroke_seg.bench quick=true out={out}"
     assert results["matmul_peak"]["fp32_flops"] > 0
     train = results["train"]
     assert {(r["preset"], r["crop_name"], r["option"]) for r in train} == {
@@ -179,5 +244,6 @@ def test_quick_benchmark_writes_results_with_the_expected_keys(tmp_path):
     assert all(r["step_memory_gb"] > 0 for r in memory if r["status"] == "ok")
     assert results["data"]["ratio_cached_vs_nifti"] > 0
     assert {"centre_crop_s", "sliding_window_s"} <= set(results["inference"])
+    assert results["inference"]["sliding_window_overlap"] == inference_defaults()["overlap"]
     assert results["evaluation"]["n_scans"] == 31 and results["evaluation"]["n_resamples"] == 1000
     assert set(results["targets"]) == set(TARGETS)

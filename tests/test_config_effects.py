@@ -21,21 +21,29 @@ from stroke_seg.data.datamodule import StrokeDataModule
 from stroke_seg.data.discovery import discover
 from stroke_seg.data.io import load_case
 from stroke_seg.evaluate import run as evaluate
-from stroke_seg.evaluate import score_row
 from stroke_seg.inference import Predictor
 from stroke_seg.metrics import EmptyPolicy
 from stroke_seg.predict import run as predict
+from stroke_seg.scoring import score_row
 from stroke_seg.stats import bootstrap_ci
 from stroke_seg.train import run as train
-from tests import test_evaluate, test_predict
-from tests.conftest import compose_train, save_module_checkpoint, tiny_scan, write_nifti
-from tests.test_evaluate import FAST, _rows, compose_eval
-from tests.test_predict import LPS_AFFINE, PRE, _files, compose_predict
-from tests.test_train import _weights
+from tests.helpers import (
+    EVAL_FAST,
+    LPS_AFFINE,
+    ZOOM_OUT_PRE,
+    checkpoint_weights,
+    compose_eval,
+    compose_predict,
+    compose_train,
+    list_files,
+    read_rows,
+    save_module_checkpoint,
+    tiny_scan,
+    write_nifti,
+)
 
-# The other test modules' fixtures, shared here under their own names.
-trained = test_evaluate.trained  # a real 2-epoch training run on the tiny set
-ckpt = test_predict.ckpt  # an untrained zoom-out checkpoint (crop = eval crop = 24x28x20)
+# Fixtures from conftest.py: `trained` (a real 2-epoch training run on the tiny set) and
+# `ckpt` (an untrained zoom-out checkpoint, crop = eval crop = 24x28x20).
 
 # --------------------------------------------------------------------------------------
 # Training: data.*, optim.*, trainer.*
@@ -135,8 +143,8 @@ def test_intensity_divisor_scales_crops_and_is_stored_for_inference(tiny_bids, t
     ref_val = next(iter(default.val_dataloader()))["image"]
     got_val = next(iter(hundred.val_dataloader()))["image"]
     torch.testing.assert_close(got_val, ref_val * 2.55, rtol=1e-5, atol=1e-6)
-    assert hundred.preprocessing()["intensity_divisor"] == 100.0
-    assert default.preprocessing()["intensity_divisor"] == 255.0
+    assert hundred.preprocessing().intensity_divisor == 100.0
+    assert default.preprocessing().intensity_divisor == 255.0
 
 
 def test_pin_memory_reaches_the_data_loaders(tiny_bids, tmp_path):
@@ -164,8 +172,8 @@ def test_num_workers_one_gives_the_same_crops_and_the_same_training(
     _train(tmp_path / "nw1", tiny_bids, ["data.num_workers=1"])
     config = (tmp_path / "nw1" / "config.yaml").read_text()
     assert "num_workers: 1" in config
-    w0 = _weights(default_run / "checkpoints" / "last.ckpt")
-    w1 = _weights(tmp_path / "nw1" / "checkpoints" / "last.ckpt")
+    w0 = checkpoint_weights(default_run / "checkpoints" / "last.ckpt")
+    w1 = checkpoint_weights(tmp_path / "nw1" / "checkpoints" / "last.ckpt")
     assert w0.keys() == w1.keys()
     for key, value in w0.items():
         torch.testing.assert_close(w1[key], value, rtol=0, atol=1e-6)
@@ -210,11 +218,11 @@ def test_bf16_mixed_precision_trains_on_cpu_with_float32_weights(tiny_bids, tmp_
     rows = list(csv.DictReader((tmp_path / "bf16" / "logs" / "metrics.csv").open()))
     logged = [float(r["val/dsc"]) for r in rows if r.get("val/dsc")]
     assert logged and all(math.isfinite(v) for v in logged)
-    bf16 = _weights(tmp_path / "bf16" / "checkpoints" / "last.ckpt")
+    bf16 = checkpoint_weights(tmp_path / "bf16" / "checkpoints" / "last.ckpt")
     assert {v.dtype for v in bf16.values() if v.is_floating_point()} == {torch.float32}
     assert all(torch.isfinite(v).all() for v in bf16.values() if v.is_floating_point())
     # bf16 autocast really ran: the same run in 32-true ends with other weights
-    fp32 = _weights(default_run / "checkpoints" / "last.ckpt")
+    fp32 = checkpoint_weights(default_run / "checkpoints" / "last.ckpt")
     assert any(not torch.equal(bf16[k], v) for k, v in fp32.items() if v.is_floating_point())
 
 
@@ -230,8 +238,8 @@ def test_deterministic_runs_give_identical_weights(tiny_bids, tmp_path, monkeypa
         _train(tmp_path / "b", tiny_bids, ["trainer.deterministic=true"])
     finally:
         torch.use_deterministic_algorithms(before)
-    a = _weights(tmp_path / "a" / "checkpoints" / "last.ckpt")
-    b = _weights(tmp_path / "b" / "checkpoints" / "last.ckpt")
+    a = checkpoint_weights(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    b = checkpoint_weights(tmp_path / "b" / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -243,9 +251,9 @@ def test_deterministic_runs_give_identical_weights(tiny_bids, tmp_path, monkeypa
 def _evaluate(trained: Path, root: Path, out: Path, overrides: list[str]) -> list[dict]:
     ckpt = trained / "checkpoints" / "last.ckpt"
     evaluate(
-        compose_eval([f"ckpt={ckpt}", f"data.root={root}", f"output={out}", *FAST, *overrides])
+        compose_eval([f"ckpt={ckpt}", f"data.root={root}", f"output={out}", *EVAL_FAST, *overrides])
     )
-    return _rows(out / "cases.csv")
+    return read_rows(out / "cases.csv")
 
 
 @pytest.mark.parametrize("split", ["val", "all"])
@@ -289,7 +297,7 @@ def test_bootstrap_seed_changes_the_intervals_and_reproduces_them(tiny_bids, tmp
             )
         )
         assert f"200 resamples, seed {seed}" in (out / "report.md").read_text()
-        dsc = [float(r["dsc"]) for r in _rows(out / "cases.csv")]
+        dsc = [float(r["dsc"]) for r in read_rows(out / "cases.csv")]
         return json.loads((out / "summary.json").read_text()), dsc
 
     (s0, dsc0), (s7, dsc7), (again, _) = summary(0, "s0"), summary(7, "s7"), summary(7, "s7b")
@@ -304,7 +312,8 @@ def test_bootstrap_seed_changes_the_intervals_and_reproduces_them(tiny_bids, tmp
 
 def _direct_mdsc(ckpt: Path, root: Path, subjects: list[str], **kwargs) -> list[float]:
     """mDSC of each scan from a `Predictor` built with ``kwargs``, without evaluate.py."""
-    predictor = Predictor.from_checkpoints(ckpt, device="cpu", **kwargs)
+    inference = {**compose_eval([]).inference, "device": "cpu", **kwargs}
+    predictor = Predictor.from_config(ckpt, inference)
     by_id = {c.subject: c for c in discover(root, "synthetic")}
     out = []
     for subject in subjects:
@@ -327,7 +336,7 @@ def test_evaluate_tta_averages_flips(trained, tiny_bids, tmp_path):
     """The run's test scan, with and without the 8 flips: mDSC (from the probability map)
     moves, and the TTA value is the one a TTA `Predictor` gives."""
     plain = _evaluate(trained, tiny_bids, tmp_path / "plain", [])
-    tta = _evaluate(trained, tiny_bids, tmp_path / "tta", ["tta=true"])
+    tta = _evaluate(trained, tiny_bids, tmp_path / "tta", ["inference.tta=true"])
     subjects = [r["subject"] for r in plain]
     assert [r["subject"] for r in tta] == subjects == _split_json(trained)["test"]
     plain_mdsc = [float(r["mdsc"]) for r in plain]
@@ -346,8 +355,8 @@ def test_evaluate_overlap_acts_on_sliding_windows_only(trained, tiny_bids, tmp_p
         rows = _evaluate(trained, tiny_bids, tmp_path / name, overrides)
         return [float(r["mdsc"]) for r in rows], {r["mode"] for r in rows}
 
-    sw = ["mode=sliding_window"]
-    (half, modes), (quarter, _) = mdsc("sw50", sw), mdsc("sw25", [*sw, "overlap=0.25"])
+    sw = ["inference.mode=sliding_window"]
+    (half, modes), (quarter, _) = mdsc("sw50", sw), mdsc("sw25", [*sw, "inference.overlap=0.25"])
     assert modes == {"sliding_window"}
     assert half != quarter
     subjects = _split_json(trained)["test"]
@@ -357,7 +366,8 @@ def test_evaluate_overlap_acts_on_sliding_windows_only(trained, tiny_bids, tmp_p
     report = (tmp_path / "sw25" / "report.md").read_text()
     assert "mode=sliding_window, overlap=0.25, tta=False" in report  # the report says which
     # the centre crop has no windows: overlap changes nothing there
-    (crop_half, crop_modes), (crop_quarter, _) = mdsc("cc50", []), mdsc("cc25", ["overlap=0.25"])
+    crop_half, crop_modes = mdsc("cc50", [])
+    crop_quarter, _ = mdsc("cc25", ["inference.overlap=0.25"])
     assert crop_modes == {"centre_crop"} and crop_half == crop_quarter
 
 
@@ -387,7 +397,7 @@ def test_pattern_selects_the_files_to_predict(ckpt, tmp_path):
         )
     )
     assert [r["scan"] for r in rows] == ["a_T1w", "b_T1w"]
-    assert _files(out) == sorted(
+    assert list_files(out) == sorted(
         ["lesions.csv"] + [f"{n}_T1w_lesion_{k}.nii.gz" for n in "ab" for k in ("mask", "prob")]
     )
     assert set(_lesion_rows(out)) == {"a_T1w", "b_T1w"}
@@ -412,7 +422,13 @@ def test_prediction_mode_keeps_the_input_grid(ckpt, tmp_path, mode):
     out = tmp_path / "out"
     predict(
         compose_predict(
-            [f"ckpt={ckpt}", f"input={inputs}", f"output={out}", f"mode={mode}", "qc=false"]
+            [
+                f"ckpt={ckpt}",
+                f"input={inputs}",
+                f"output={out}",
+                f"inference.mode={mode}",
+                "qc=false",
+            ]
         )
     )
     rows = _lesion_rows(out)
@@ -424,7 +440,7 @@ def test_prediction_mode_keeps_the_input_grid(ckpt, tmp_path, mode):
             assert img.shape == src.shape
             np.testing.assert_array_equal(img.affine, src.affine)
     prob = _prob(out, "big_T1w")
-    crop = tuple(PRE["eval_crop"])
+    crop = tuple(ZOOM_OUT_PRE["eval_crop"])
     lo = [(d - c) // 2 for d, c in zip(prob.shape, crop, strict=True)]
     inside = np.zeros(prob.shape, bool)
     inside[tuple(slice(s, s + c) for s, c in zip(lo, crop, strict=True))] = True
@@ -437,7 +453,9 @@ def test_prediction_mode_keeps_the_input_grid(ckpt, tmp_path, mode):
 
 def test_prediction_overlap_changes_sliding_windows_slightly(tmp_path):
     """A model trained on 16³ crops over a 24x28x20 scan: 12 windows at overlap 0.5, 8 at 0."""
-    model = save_module_checkpoint(tmp_path / "small.ckpt", {**PRE, "crop_size": [16, 16, 16]})
+    model = save_module_checkpoint(
+        tmp_path / "small.ckpt", {**ZOOM_OUT_PRE, "crop_size": [16, 16, 16]}
+    )
     image, _ = tiny_scan(np.random.default_rng(7))
     scan = write_nifti(tmp_path / "in" / "one_T1w.nii.gz", image)
 
@@ -446,16 +464,17 @@ def test_prediction_overlap_changes_sliding_windows_slightly(tmp_path):
         args = [f"ckpt={model}", f"input={scan}", f"output={out}", "qc=false", *overrides]
         rows = predict(compose_predict(args))
         assert rows[0]["mode"] == (
-            "centre_crop" if "mode=centre_crop" in overrides else "sliding_window"
+            "centre_crop" if "inference.mode=centre_crop" in overrides else "sliding_window"
         )
         return _prob(out, "one_T1w")
 
-    half, none = prob("a", []), prob("b", ["overlap=0"])  # auto: sliding windows here
-    again = prob("c", ["mode=sliding_window", "overlap=0.5"])
+    half, none = prob("a", []), prob("b", ["inference.overlap=0"])  # auto: sliding windows here
+    again = prob("c", ["inference.mode=sliding_window", "inference.overlap=0.5"])
     assert half.shape == none.shape == image.shape
     assert np.array_equal(half, again)
     diff = np.abs(half - none)
     assert diff.max() > 1e-4  # other windows, other probabilities ...
     assert diff.mean() < 0.1 * half.mean()  # ... from the same model
-    crop = prob("d", ["mode=centre_crop"]), prob("e", ["mode=centre_crop", "overlap=0"])
+    centre = "inference.mode=centre_crop"
+    crop = prob("d", [centre]), prob("e", [centre, "inference.overlap=0"])
     assert np.array_equal(*crop)  # no windows, nothing to overlap

@@ -2,27 +2,39 @@
 
 A config file that no test composes can break silently (an interpolation to a key that only
 some trainer files define, say), and a documented command that fails is worse than none.
-These tests compose each option of each group, and each ``python train.py / evaluate.py /
-predict.py ...`` line of README.md, docs/ and the config comments, the way Hydra would, and
-resolve every interpolation, the launcher and sweeper included.
+These tests compose each option of each group (with the command whose config uses the
+group), and each ``python train.py / evaluate.py / predict.py ...``, ``stroke-seg-<command>``
+and ``python -m stroke_seg.<command>`` line of README.md, docs/ and the config comments, the
+way Hydra would, and resolve every interpolation, the launcher and sweeper included.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tests.conftest import CONF_DIR, REPO
+from tests.helpers import CONF_DIR, REPO
 
-SCRIPTS = ("train.py", "evaluate.py", "predict.py")
-# `python train.py ...`, `torchrun --nproc_per_node=4 train.py ...`
-COMMAND = r"(?:python|torchrun(?:\s+--\S+)*)\s+((?:train|evaluate|predict)\.py)(?:\s|$)"
+# The Hydra commands and their configs (stroke_seg.cli), in the order a config group is looked
+# up: a group is composed with the first command whose config uses it.
+CONFIGS = ("train", "evaluate", "predict", "crossval", "export")
+# `python train.py ...`, `torchrun --nproc_per_node=4 train.py ...`, `stroke-seg-export ...`,
+# `python -m stroke_seg.crossval ...`
+COMMAND = (
+    r"(?:(?:python|torchrun(?:\s+--\S+)*)\s+((?:train|evaluate|predict)\.py)"
+    r"|\b(stroke-seg-(?:train|evaluate|predict|export|crossval))"
+    r"|python\s+-m\s+(stroke_seg\.(?:export|crossval)))(?:\s|$)"
+)
+
+
+def config_of(command: str) -> str:
+    """train.py, stroke-seg-train, stroke_seg.train -> train."""
+    return re.sub(r"^(stroke-seg-|stroke_seg\.)|\.py$", "", command)
 
 
 def compose_resolved(config_name: str, overrides: list[str]) -> DictConfig:
@@ -52,38 +64,80 @@ def compose_resolved(config_name: str, overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def group_options() -> list[str]:
-    options = []
-    for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
-        options += [f"{group.name}={f.stem}" for f in sorted(group.glob("*.yaml"))]
-    options += [f"hydra/launcher={f.stem}" for f in sorted((CONF_DIR / "hydra/launcher").glob("*"))]
-    return options
-
-
-def _default_choices() -> dict[str, str | None]:
+def _default_choices(config_name: str) -> dict[str, str | None]:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", return_hydra_config=True)
+        cfg = compose(config_name=config_name, return_hydra_config=True)
     return dict(cfg.hydra.runtime.choices)
 
 
-DEFAULT_CHOICES = _default_choices()
-DEFAULT = OmegaConf.to_container(compose_resolved("train", ["name=check"]), resolve=True)
+CHOICES = {name: _default_choices(name) for name in CONFIGS}
+# Fixed values for keys that would differ between two compositions (run names from the time).
+PINNED = {"train": ["name=check"], "evaluate": ["output=check"]}
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
 
 
-@pytest.mark.parametrize("option", group_options())
-def test_every_group_option_composes_and_resolves(option):
+def config_for(group: str) -> str | None:
+    """The first command whose config uses config group `group`."""
+    return next((name for name in CONFIGS if group in CHOICES[name]), None)
+
+
+def group_options() -> list[tuple[str, str]]:
+    options = []
+    for group in GROUPS:
+        config = config_for(group) or "train"
+        options += [
+            (config, f"{group}={f.stem}") for f in sorted((CONF_DIR / group).glob("*.yaml"))
+        ]
+    launchers = sorted((CONF_DIR / "hydra/launcher").glob("*"))
+    options += [("train", f"hydra/launcher={f.stem}") for f in launchers]
+    return options
+
+
+def test_every_config_group_is_used_by_a_command():
+    assert [g for g in GROUPS if config_for(g) is None] == []
+    assert config_for("inference") == "evaluate" and config_for("model") == "train"
+
+
+@pytest.mark.parametrize(("config", "option"), group_options())
+def test_every_group_option_composes_and_resolves(config, option):
     if option.startswith(("hydra/launcher", "hparams_search")):
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    cfg = compose_resolved("train", [option, "name=check"])
+    pinned = PINNED.get(config, [])
+    cfg = compose_resolved(config, [option, *pinned])
     group, value = option.split("=")
     if group.startswith("hydra/") or group == "hparams_search":
         return  # these change only the Hydra config (launcher, sweeper), resolved above
     chosen = OmegaConf.to_container(cfg, resolve=True)
-    if DEFAULT_CHOICES.get(group) == value:
-        assert chosen == DEFAULT
+    default = OmegaConf.to_container(compose_resolved(config, pinned), resolve=True)
+    if CHOICES[config].get(group) == value:
+        assert chosen == default
     else:  # the option took effect
-        assert chosen != DEFAULT
+        assert chosen != default
+
+
+def test_inference_options_come_from_one_group():
+    """evaluate, predict and crossval compose conf/inference/default.yaml; evaluation and
+    cross-validation score in fp32 (the paper's), prediction keeps float16 autocast."""
+    from stroke_seg.inference import INFERENCE_OPTIONS
+
+    group = OmegaConf.load(CONF_DIR / "inference" / "default.yaml")
+    assert tuple(group) == INFERENCE_OPTIONS
+    amp = {}
+    for name in ("evaluate", "predict", "crossval"):
+        assert CHOICES[name]["inference"] == "default"
+        inference = compose_resolved(name, PINNED.get(name, [])).inference
+        assert set(inference) == set(INFERENCE_OPTIONS)
+        assert {k: inference[k] for k in ("mode", "tta", "overlap", "device")} == {
+            "mode": "auto",
+            "tta": False,
+            "overlap": 0.5,
+            "device": "auto",
+        }
+        amp[name] = inference.amp
+    assert amp == {"evaluate": False, "predict": True, "crossval": False}
+    for name in ("train", "export"):
+        assert "inference" not in CHOICES[name]
 
 
 def _is_override(token: str) -> bool:
@@ -108,12 +162,13 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
             found = re.search(COMMAND, line)
             if not found:
                 continue
-            command = line[found.start(1) :]
+            start = next(found.start(i) for i in (1, 2, 3) if found.group(i))
+            command = line[start:]
             try:
                 tokens = shlex.split(command, comments=True)
             except ValueError:  # prose after the command ("the paper's ...")
                 tokens = command.split()
-            script = tokens[0]
+            script = config_of(tokens[0])
             args = [t for t in tokens[1:] if _is_override(t)]
             commands.append((str(path.relative_to(REPO)), script, args))
     return commands
@@ -123,8 +178,8 @@ COMMANDS = documented_commands()
 
 
 def test_the_docs_hold_commands_for_every_entry_point():
-    scripts = {script for _, script, _ in COMMANDS}
-    assert scripts == set(SCRIPTS) and len(COMMANDS) > 25
+    configs = {config for _, config, _ in COMMANDS}
+    assert configs == set(CONFIGS) and len(COMMANDS) > 25
 
 
 @pytest.mark.parametrize(
@@ -136,7 +191,7 @@ def test_documented_commands_compose(script, overrides):
     if any(o.startswith(("hydra/launcher", "hparams_search")) for o in overrides):
         pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    compose_resolved(Path(script).stem, overrides)
+    compose_resolved(script, overrides)
 
 
 def test_slurm_launcher_shape_with_every_trainer():

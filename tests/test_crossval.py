@@ -7,15 +7,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 
-from stroke_seg.crossval import find_fold_runs, main, run_crossval
+from stroke_seg.cli import crossval_main
+from stroke_seg.crossval import find_fold_runs, run
 from stroke_seg.data.datamodule import StrokeDataModule
 from stroke_seg.data.discovery import discover
 from stroke_seg.data.io import load_case
 from stroke_seg.data.splits import fold_split, make_split
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.inference import Predictor
-from tests.conftest import TINY_TRAIN_OVERRIDES, run_train_cli
+from tests.helpers import CONF_DIR, TINY_TRAIN_OVERRIDES, run_train_cli
+
+
+def compose_crossval(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="crossval", overrides=overrides)
 
 
 def test_folds_partition_train_and_val_and_keep_test():
@@ -30,7 +37,7 @@ def test_folds_partition_train_and_val_and_keep_test():
         assert sorted(f["train"] + f["val"]) == pool and not set(f["train"]) & set(f["val"])
     assert fold_split(split, 2, 5, seed=3) == folds[2]  # reproducible
     assert fold_split(split, 2, 5, seed=4) != folds[2]
-    with pytest.raises(StrokeSegError, match=r"data.fold=5 must lie in 0..4"):
+    with pytest.raises(StrokeSegError, match=r"^fold=5 must lie in 0..4"):
         fold_split(split, 5, 5, seed=3)
     with pytest.raises(StrokeSegError, match="at least 2 folds"):
         fold_split(split, 0, 1, seed=3)
@@ -90,7 +97,8 @@ def test_multirun_over_folds(fold_runs):
 
 def test_crossval_scores_folds_and_their_ensemble(fold_runs, tiny_bids, tmp_path, capsys):
     out = tmp_path / "cv"
-    assert main(["--runs", str(fold_runs), "--output", str(out), "--bootstrap", "50"]) == 0
+    args = [f"runs={fold_runs}", f"output={out}", "stage_name=zoom_in", "bootstrap.n_resamples=50"]
+    crossval_main(args)
     assert "cross-validation (2 folds)" in capsys.readouterr().out
     report = json.loads((out / "crossval.json").read_text())
     assert [f["fold"] for f in report["folds"]] == [0, 1] and report["n_folds"] == 2
@@ -106,26 +114,40 @@ def test_crossval_scores_folds_and_their_ensemble(fold_runs, tiny_bids, tmp_path
     assert "| fold 0 |" in markdown and "| ensemble |" in markdown and "mean ± SD" in markdown
     for name in ("fold0", "fold1", "ensemble"):
         assert (out / name / "cases.csv").is_file() and (out / name / "summary.json").is_file()
-    assert (out / "report.md").is_file()
+    report_md = (out / "report.md").read_text()
+    assert "50 resamples" in report_md and "mode=auto, tta=False, device=cpu" in report_md
 
     # the ensemble is the fold models' mean probability, as Predictor computes it
     ckpts = [f["checkpoint"] for f in report["folds"]]
     subject = report["test_subjects"][0]
     case = next(c for c in discover(tiny_bids, "synthetic") if c.subject == subject)
     loaded = load_case(case)
-    ensemble = Predictor.from_checkpoints(ckpts, device="cpu").predict(
-        loaded["image"], loaded["affine"]
-    )
+    inference = compose_crossval([]).inference  # as the command composes it: fp32
+    assert inference.amp is False
+    ensemble = Predictor.from_config(ckpts, inference).predict(loaded["image"], loaded["affine"])
     rows = (out / "ensemble" / "cases.csv").read_text().splitlines()
     header, first = rows[0].split(","), rows[1].split(",")
     assert first[header.index("subject")] == subject
     ref = loaded["label"] > 0
     tp = int((ensemble.mask.astype(bool) & ref).sum())
     assert int(first[header.index("tp")]) == tp
-    with pytest.raises(StrokeSegError, match="already holds files"):
-        run_crossval(fold_runs, out)
+    with pytest.raises(StrokeSegError, match=f"output={out} already holds files"):
+        run(compose_crossval([f"runs={fold_runs}", f"output={out}"]))
+    with pytest.raises(SystemExit) as info:  # the command: one sentence, exit status 2
+        crossval_main([f"runs={fold_runs}", f"output={out}", "empty_policy=zero"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and err.startswith("error: empty_policy='zero' is not known")
+    with pytest.raises(SystemExit) as info:
+        crossval_main([])
+    assert info.value.code == 2 and "error: runs= is missing" in capsys.readouterr().err
 
 
 def test_crossval_refuses_a_folder_without_folds(tmp_path):
     with pytest.raises(StrokeSegError, match="No cross-validation runs"):
         find_fold_runs(tmp_path, None, "last.ckpt")
+
+
+def test_crossval_finds_only_the_stage_asked_for(fold_runs):
+    assert [f.stage for f in find_fold_runs(fold_runs, "zoom_in", "last.ckpt")] == ["zoom_in"] * 2
+    with pytest.raises(StrokeSegError, match="No cross-validation runs of stage zoom_out"):
+        run(compose_crossval([f"runs={fold_runs}", "stage_name=zoom_out"]))

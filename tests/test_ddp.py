@@ -15,11 +15,11 @@ from hydra.utils import instantiate
 from pytorch_lightning.utilities import rank_zero_only
 
 from stroke_seg.checkpoints import load_matching_weights
-from stroke_seg.data.datamodule import EpochSampler, ShardSampler
+from stroke_seg.data.samplers import EpochSampler, ShardSampler
 from stroke_seg.inference import load_model
 from stroke_seg.lit_module import full_volume_dice
 from stroke_seg.train import build_loggers, build_module
-from tests.conftest import (
+from tests.helpers import (
     REPO,
     TINY_TRAIN_OVERRIDES,
     compose_train,
@@ -107,11 +107,11 @@ def test_two_process_cpu_ddp_run(ddp_data, tmp_path):
 
     # the checkpoint loads for inference and as a stage's starting weights
     loaded = load_model(run_dir / "checkpoints" / "last.ckpt")
-    assert loaded.preprocessing["crop_size"] == [16, 16, 16]
+    assert loaded.preprocessing.crop_size == (16, 16, 16)
     cfg = compose_train(tmp_path / "check", ddp_data, ["data.split_proportions=[4,3,1]"])
     datamodule = instantiate(cfg.data, run_dir=None)
     datamodule.setup("fit")
-    module = build_module(cfg, datamodule.preprocessing())
+    module = build_module(cfg, datamodule.preprocessing().to_dict())
     load_matching_weights(module, run_dir / "checkpoints" / "last.ckpt")
 
     # val/dsc of the 2-process run == the mean over the 3 scans in one process

@@ -15,11 +15,12 @@ from hydra import compose, initialize_config_dir
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from stroke_seg.cli import export_main
 from stroke_seg.errors import StrokeSegError
-from stroke_seg.export import export_safetensors, main
+from stroke_seg.export import export_safetensors
 from stroke_seg.inference import load_model
 from stroke_seg.predict import run as predict
-from tests.conftest import (
+from tests.helpers import (
     CONF_DIR,
     REPO,
     save_module_checkpoint,
@@ -45,7 +46,8 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def _predict(model: Path, scan: Path, out: Path) -> None:
-    overrides = [f"ckpt={model}", f"input={scan}", f"output={out}", "qc=false", "device=cpu"]
+    overrides = [f"ckpt={model}", f"input={scan}", f"output={out}", "qc=false"]
+    overrides.append("inference.device=cpu")
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         predict(compose(config_name="predict", overrides=overrides))
 
@@ -78,16 +80,17 @@ def test_predictions_from_ckpt_and_safetensors_are_identical(ckpt, tmp_path):
 
 
 def test_the_cli_writes_once_and_replaces_only_with_overwrite(ckpt, tmp_path, capsys):
+    """A Hydra command like train.py (conf/export.yaml): key=value options, our mistakes as
+    one sentence with exit status 2, Hydra's own refusal of an unknown key."""
     out = tmp_path / "m.safetensors"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cli = [sys.executable, "-m", "stroke_seg.export", f"ckpt={ckpt}", f"out={out}"]
-    result = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == f"wrote {out}" and out.is_file()
     for argv, message in [
         ([f"ckpt={ckpt}", f"out={out}"], f"error: out={out} already exists; pass overwrite=true"),
-        ([f"ckpt={ckpt}"], "error: out= is missing; usage: python -m stroke_seg.export"),
-        ([f"ckpt={ckpt}", f"out={out}", "fast=yes"], "error: 'fast=yes' is not understood"),
+        ([f"ckpt={ckpt}"], "error: out= is missing; usage: stroke-seg-export ckpt=PATH.ckpt"),
         ([f"ckpt={ckpt}", f"out={tmp_path / 'm.pt'}"], "must end in .safetensors"),
         (
             [f"ckpt={tmp_path / 'absent.ckpt'}", f"out={tmp_path / 'n.safetensors'}"],
@@ -95,10 +98,16 @@ def test_the_cli_writes_once_and_replaces_only_with_overwrite(ckpt, tmp_path, ca
         ),
     ]:
         with pytest.raises(SystemExit) as info:
-            main(argv)
-        assert info.value.code == 2 and message in capsys.readouterr().err
+            export_main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as info:  # Hydra: an unknown key, with its hint
+        export_main([f"ckpt={ckpt}", f"out={out}", "fast=yes"])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "Could not override 'fast'" in err and "+fast=yes" in err
     before = out.stat().st_mtime_ns
-    main([f"ckpt={ckpt}", f"out={out}", "overwrite=true"])
+    export_main([f"ckpt={ckpt}", f"out={out}", "overwrite=true"])
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
     assert out.stat().st_mtime_ns > before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 

@@ -8,13 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from stroke_seg.data.preprocessing import Preprocessing
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.inference import (
     LoadedModel,
     Predictor,
     centre_crop_slices,
+    check_inference_options,
     load_model,
     on_training_grid,
     predict_centre_crop,
@@ -24,7 +27,16 @@ from stroke_seg.inference import (
     scale_intensity,
 )
 from stroke_seg.models import ResUNet3D
-from tests.conftest import tiny_preprocessing
+from tests.helpers import CONF_DIR, tiny_preprocessing
+
+# The Predictor options of the inference config group, their one source of truth.
+INFERENCE = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "inference" / "default.yaml"))
+
+
+def options(**changes: object) -> dict:
+    """conf/inference/default.yaml on the CPU, with `changes`."""
+    return {**INFERENCE, "device": "cpu", **changes}
+
 
 PRE = tiny_preprocessing(crop_size=[16, 16, 16])
 
@@ -152,8 +164,8 @@ def test_ensemble_of_identical_checkpoints_equals_the_single_model(tiny_ckpt, tm
     copy.write_bytes(tiny_ckpt.read_bytes())
     image = np.random.default_rng(0).uniform(0, 200, (24, 28, 20)).astype(np.float32)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    single = Predictor.from_checkpoints(tiny_ckpt, mode="centre_crop", device="cpu")
-    both = Predictor.from_checkpoints([tiny_ckpt, copy], mode="centre_crop", device="cpu")
+    single = Predictor.from_checkpoints(tiny_ckpt, **options(mode="centre_crop"))
+    both = Predictor.from_checkpoints([tiny_ckpt, copy], **options(mode="centre_crop"))
     expected = single.predict(image, affine).prob
     assert 0.0 < expected.min() and expected.max() < 1.0  # a real network, not a constant
     np.testing.assert_allclose(both.predict(image, affine).prob, expected, atol=1e-6)
@@ -162,7 +174,7 @@ def test_ensemble_of_identical_checkpoints_equals_the_single_model(tiny_ckpt, tm
 def test_load_model_rebuilds_the_net_in_eval_mode(tiny_ckpt):
     loaded = load_model(tiny_ckpt)
     assert not loaded.net.training and loaded.threshold == 0.5
-    assert loaded.preprocessing == PRE and loaded.source.endswith("tiny.ckpt")
+    assert loaded.preprocessing.to_dict() == PRE and loaded.source.endswith("tiny.ckpt")
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
@@ -193,9 +205,38 @@ def test_ensemble_of_models_with_different_preprocessing_is_refused():
         LoadedModel(DarkIsLesion(), other, source="b"),
     ]
     with pytest.raises(StrokeSegError, match="an ensemble needs models that read scans the same"):
-        Predictor(models, device="cpu")
-    with pytest.raises(StrokeSegError, match="mode=whole is not known"):
-        Predictor(models[:1], mode="whole", device="cpu")
+        Predictor(models, **options())
+    with pytest.raises(StrokeSegError, match="mode='whole' is not known"):
+        Predictor(models[:1], **options(mode="whole"))
+
+
+def test_the_predictor_options_have_one_source_the_inference_config():
+    """conf/inference/default.yaml sets every Predictor option and the constructor has no
+    defaults to contradict it; a missing, unknown or mistyped option is one sentence."""
+    model = LoadedModel(DarkIsLesion(), PRE)
+    assert set(INFERENCE) == {"mode", "tta", "overlap", "device", "amp"}
+    with pytest.raises(TypeError, match="missing 5 required keyword-only arguments"):
+        Predictor([model])
+    predictor = Predictor([model], **options())
+    assert (predictor.mode, predictor.tta, predictor.overlap, predictor.amp) == (
+        "auto",
+        False,
+        0.5,
+        True,
+    )
+    for changed, message in [
+        ({"overlap": 1.0}, r"^overlap=1.0 must lie in \[0, 1\)"),
+        ({"tta": "yes"}, r"^tta='yes' must be true or false"),
+        ({"device": "gpu0"}, r"^device='gpu0' is not a torch device"),
+    ]:
+        with pytest.raises(StrokeSegError, match=message):
+            Predictor([model], **options(**changed))
+    with pytest.raises(StrokeSegError, match=r"^sw_batch=2 is not an inference option; use mode"):
+        check_inference_options(options(sw_batch=2))
+    missing = {k: v for k, v in options().items() if k != "amp"}
+    with pytest.raises(StrokeSegError, match=r"^amp= is missing") as info:
+        check_inference_options(missing)
+    assert info.value.key == "amp"
 
 
 # --------------------------------------------------------------------------------------
@@ -206,10 +247,12 @@ def test_ensemble_of_models_with_different_preprocessing_is_refused():
 def test_scan_on_the_training_grid_is_not_resampled_and_matches_the_direct_path():
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     image, _ = _sphere_scan((24, 28, 20), affine, (20.0, 30.0, 18.0))
-    predictor = Predictor([LoadedModel(DarkIsLesion(), PRE)], mode="centre_crop", device="cpu")
+    predictor = Predictor([LoadedModel(DarkIsLesion(), PRE)], **options(mode="centre_crop"))
     result = predictor.predict(image, affine)
     direct = predict_centre_crop(
-        probability_fn([DarkIsLesion()]), scale_intensity(image, PRE), PRE["eval_crop"]
+        probability_fn([DarkIsLesion()]),
+        scale_intensity(image, Preprocessing.from_dict(PRE)),
+        PRE["eval_crop"],
     )
     assert not result.resampled and result.mode == "centre_crop"
     assert np.array_equal(result.prob, direct.numpy())
@@ -222,7 +265,7 @@ def test_lps_scan_at_another_spacing_is_predicted_on_its_own_grid():
     shape = (40, 44, 36)
     image, lesion = _sphere_scan(shape, affine, centre_mm=(8.0, -6.0, 4.0))
     assert not on_training_grid(affine, PRE["spacing"])
-    predictor = Predictor([LoadedModel(DarkIsLesion(), PRE)], device="cpu")
+    predictor = Predictor([LoadedModel(DarkIsLesion(), PRE)], **options())
     result = predictor.predict(image, affine)
     assert result.resampled and result.mode == "sliding_window"
     assert result.prob.shape == shape and result.prob.dtype == np.float32
@@ -233,23 +276,24 @@ def test_lps_scan_at_another_spacing_is_predicted_on_its_own_grid():
 
 def test_auto_mode_uses_the_centre_crop_only_where_the_paper_protocol_holds():
     zoom_out = {**PRE, "crop_size": [24, 28, 20]}
-    predictor = Predictor([LoadedModel(DarkIsLesion(), zoom_out)], device="cpu")
+    predictor = Predictor([LoadedModel(DarkIsLesion(), zoom_out)], **options())
     assert predictor.choose_mode((24, 28, 20), resampled=False) == "centre_crop"
     assert predictor.choose_mode((30, 30, 30), resampled=False) == "centre_crop"
     assert predictor.choose_mode((24, 28, 19), resampled=False) == "sliding_window"
     assert predictor.choose_mode((24, 28, 20), resampled=True) == "sliding_window"
-    zoom_in = Predictor([LoadedModel(DarkIsLesion(), PRE)], device="cpu")  # GroupNorm trap
+    zoom_in = Predictor([LoadedModel(DarkIsLesion(), PRE)], **options())  # GroupNorm trap
     assert zoom_in.choose_mode((24, 28, 20), resampled=False) == "sliding_window"
     grid = {**zoom_out, "grid_shape": [30, 30, 30]}
-    recorded = Predictor([LoadedModel(DarkIsLesion(), grid)], device="cpu")
+    recorded = Predictor([LoadedModel(DarkIsLesion(), grid)], **options())
     assert recorded.choose_mode((24, 28, 20), resampled=False) == "sliding_window"
 
 
 def test_intensity_scaling_is_the_training_scaling():
     image = np.array([[[0.0, 127.5, 255.0]]], dtype=np.float32)
-    assert torch.allclose(scale_intensity(image, PRE), torch.tensor([[[0.0, 0.5, 1.0]]]))
+    divide = Preprocessing.from_dict(PRE)
+    assert torch.allclose(scale_intensity(image, divide), torch.tensor([[[0.0, 0.5, 1.0]]]))
     ramp = np.linspace(0, 1000, 1000, dtype=np.float32).reshape(10, 10, 10)
-    scaled = scale_intensity(ramp, {**PRE, "intensity_mode": "percentile"})
+    scaled = scale_intensity(ramp, Preprocessing.from_dict({**PRE, "intensity_mode": "percentile"}))
     assert math.isclose(float(np.percentile(scaled.numpy(), 99.5)), 1.0, abs_tol=1e-5)
 
 

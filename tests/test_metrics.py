@@ -7,9 +7,12 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis.extra import numpy as hnp
 from scipy import ndimage
 
 from stroke_seg import metrics as M
+from stroke_seg.errors import StrokeSegError
 from stroke_seg.metrics import EmptyPolicy
 
 ANISO = (1.0, 1.5, 2.0)
@@ -294,16 +297,169 @@ def test_lesion_f1_two_refs_one_hit_one_false_positive():
     assert M.scan_metrics(pred, ref, ANISO)["lesion_f1"] == pytest.approx(0.5)
 
 
-def test_components_are_26_connected():
+def test_components_are_6_connected_by_default_26_on_request():
     ref = np.zeros((5, 5, 5), bool)
-    ref[1, 1, 1] = ref[2, 2, 2] = True  # corner-touching: one lesion under 26-connectivity
+    ref[1, 1, 1] = ref[2, 2, 2] = True  # corner-touching: one lesion only under 26-connectivity
     ref[4, 4, 0] = True  # isolated
     pred = np.zeros_like(ref)
     pred[2, 2, 2] = True
     counts = M.lesion_detection_counts(pred, ref)
-    assert counts["n_ref"] == 2
-    assert counts["tp"] == 1 and counts["fn"] == 1 and counts["fp"] == 0
+    assert counts == {"tp": 1, "fp": 0, "fn": 2, "n_pred": 1, "n_ref": 3}
+    assert M.lesion_count_difference(pred, ref) == 2
+    assert M.lesion_wise_f1(pred, ref) == pytest.approx(2 / (2 + 0 + 2))
+    counts = M.lesion_detection_counts(pred, ref, connectivity=26)
+    assert counts == {"tp": 1, "fp": 0, "fn": 1, "n_pred": 1, "n_ref": 2}
+    assert M.lesion_count_difference(pred, ref, connectivity=26) == 1
+    assert M.lesion_wise_f1(pred, ref, connectivity=26) == pytest.approx(2 / 3)
+    # edge-touching voxels: one lesion under 18- and 26-, two under 6-connectivity
+    edge = np.zeros((4, 4, 4), bool)
+    edge[1, 1, 1] = edge[2, 2, 1] = True
+    empty = np.zeros_like(edge)
+    assert [M.lesion_count_difference(edge, empty, c) for c in (6, 18, 26)] == [2, 1, 1]
+    assert M.DEFAULT_CONNECTIVITY == 6 and M.LESION_CONNECTIVITIES == (6, 18, 26)
+
+
+def test_connectivity_is_checked_and_recorded():
+    pred, ref = _empty_case_masks("none")
+    for connectivity in M.LESION_CONNECTIVITIES:
+        row = M.scan_metrics(pred, ref, ANISO, connectivity=connectivity)
+        assert row["lesion_connectivity"] == connectivity
+    assert M.scan_metrics(pred, ref, ANISO)["lesion_connectivity"] == 6
+    for call in (
+        lambda: M.scan_metrics(pred, ref, ANISO, connectivity=8),
+        lambda: M.lesion_wise_f1(pred, ref, connectivity=8),
+        lambda: M.lesion_count_difference(pred, ref, connectivity=8),
+        lambda: M.lesion_detection_counts(pred, ref, connectivity=8),
+    ):
+        with pytest.raises(
+            StrokeSegError, match=r"connectivity=8 is not known; use one of 6, 18, 26"
+        ):
+            call()
+    with pytest.raises(ValueError, match="3-D"):
+        M.lesion_detection_counts(np.zeros((3, 3), bool), np.zeros((3, 3), bool))
+
+
+# The ATLAS v2.0 challenge's definitions (npnl/atlas2_grand_challenge, isles/scoring.py after
+# commit 55b9524), re-derived here independently of stroke_seg.metrics: one scipy.ndimage.label
+# per mask (default structure = 6-connectivity, or `structure`) and a loop over the lesions.
+def _challenge_lesion_f1(truth, prediction, structure=None, empty_value=1.0) -> float:
+    truth, prediction = truth.astype(bool), prediction.astype(bool)
+    tp = fn = fp = 0
+    labels, n = ndimage.label(truth, structure=structure)
+    for k in range(1, n + 1):
+        if np.any((labels == k) & prediction):
+            tp += 1
+        else:
+            fn += 1
+    labels, n = ndimage.label(prediction, structure=structure)
+    for k in range(1, n + 1):
+        if not np.any((labels == k) & truth):
+            fp += 1
+    denom = tp + (fp + fn) / 2
+    return tp / denom if denom else empty_value
+
+
+def _challenge_count_difference(truth, prediction, structure=None) -> int:
+    return abs(ndimage.label(prediction, structure)[1] - ndimage.label(truth, structure)[1])
+
+
+def _challenge_volume_difference(truth, prediction) -> int:
+    return abs(int(np.sum(prediction.astype(np.int64))) - int(np.sum(truth.astype(np.int64))))
+
+
+_STRUCTURES = {6: None, 26: np.ones((3, 3, 3), bool)}
+
+
+def _assert_matches_challenge(pred: np.ndarray, ref: np.ndarray) -> None:
+    for connectivity, structure in _STRUCTURES.items():
+        f1 = _challenge_lesion_f1(ref, pred, structure)
+        count = _challenge_count_difference(ref, pred, structure)
+        assert M.lesion_wise_f1(pred, ref, connectivity=connectivity) == pytest.approx(f1)
+        assert M.lesion_count_difference(pred, ref, connectivity) == count
+        row = M.scan_metrics(pred, ref, ANISO, connectivity=connectivity)
+        assert row["lesion_f1"] == pytest.approx(f1)
+        assert row["lesion_count_diff"] == count
+    volume = _challenge_volume_difference(ref, pred)
+    assert M.volume_difference_voxels(pred, ref) == volume
+    assert row["volume_diff_voxels"] == volume
+    assert row["volume_diff_ml"] == pytest.approx(volume * 3.0 / 1000)
+
+
+def _diagonal(shape, start, n) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    for i in range(n):
+        mask[start + i, start + i, start + i] = True
+    return mask
+
+
+def test_fragmented_masks_match_challenge_where_6_and_26_disagree():
+    shape = (12, 12, 12)
+    # reference: a 4-voxel diagonal chain (4 lesions under 6-, 1 under 26-connectivity) and a
+    # cube; prediction: hits one voxel of the chain, plus a 3-voxel diagonal chain of its own
+    ref = _diagonal(shape, 0, 4)
+    ref[7:10, 0:3, 0:3] = True
+    pred = np.zeros(shape, bool)
+    pred[2, 2, 2] = True
+    pred |= _diagonal(shape, 6, 3)
+    six = M.lesion_detection_counts(pred, ref)
+    assert six == {"tp": 1, "fp": 3, "fn": 4, "n_pred": 4, "n_ref": 5}
+    assert M.lesion_wise_f1(pred, ref) == pytest.approx(2 / (2 + 3 + 4))
     assert M.lesion_count_difference(pred, ref) == 1
+    # under 26-connectivity the chains are single lesions: TP 1 (chain), FN 1 (cube), FP 1
+    assert M.lesion_detection_counts(pred, ref, 26) == {
+        "tp": 1, "fp": 1, "fn": 1, "n_pred": 2, "n_ref": 2
+    }  # fmt: skip
+    assert M.lesion_wise_f1(pred, ref, connectivity=26) == pytest.approx(0.5)
+    assert M.lesion_count_difference(pred, ref, 26) == 0
+    assert M.volume_difference_voxels(pred, ref) == abs(4 - (4 + 27))
+    _assert_matches_challenge(pred, ref)
+    # a prediction chain touching the reference at one end: FP 0 under 26, 2 under 6
+    touching = _diagonal(shape, 3, 3)
+    assert M.lesion_detection_counts(touching, ref)["fp"] == 2
+    assert M.lesion_detection_counts(touching, ref, 26)["fp"] == 0
+    _assert_matches_challenge(touching, ref)
+
+
+@pytest.mark.parametrize("side", ["pred", "ref", "both"])
+def test_empty_masks_match_challenge(side):
+    fragmented = _diagonal((8, 8, 8), 1, 5)
+    fragmented[6:8, 0:2, 0] = True
+    empty = np.zeros_like(fragmented)
+    pred = empty if side in ("pred", "both") else fragmented
+    ref = empty if side in ("ref", "both") else fragmented
+    _assert_matches_challenge(pred, ref)
+    n6, n26 = 6, 2
+    expected_f1 = 1.0 if side == "both" else 0.0
+    assert M.lesion_wise_f1(pred, ref) == expected_f1
+    assert M.lesion_count_difference(pred, ref) == (0 if side == "both" else n6)
+    assert M.lesion_count_difference(pred, ref, 26) == (0 if side == "both" else n26)
+    assert M.volume_difference_voxels(pred, ref) == (0 if side == "both" else 9)
+    counts = M.lesion_detection_counts(pred, ref)
+    if side == "ref":  # a false alarm: every predicted lesion is a false positive
+        assert counts == {"tp": 0, "fp": n6, "fn": 0, "n_pred": n6, "n_ref": 0}
+    if side == "pred":  # a missed scan: every reference lesion is a false negative
+        assert counts == {"tp": 0, "fp": 0, "fn": n6, "n_pred": 0, "n_ref": n6}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pred=hnp.arrays(np.bool_, (5, 6, 4)),
+    ref=hnp.arrays(np.bool_, (5, 6, 4)),
+)
+def test_random_fragmented_masks_match_challenge(pred, ref):
+    _assert_matches_challenge(pred, ref)
+
+
+def test_random_fragmented_masks_separate_6_from_26():
+    # The seeded masks behind the property test's kind of input do split differently under
+    # the two connectivities, so the comparison above can tell them apart.
+    rng = np.random.default_rng(7)
+    pred, ref = rng.random((2, 10, 12, 9)) < 0.2
+    assert M.lesion_count_difference(pred, ref) != M.lesion_count_difference(pred, ref, 26)
+    assert M.lesion_wise_f1(pred, ref) != pytest.approx(
+        M.lesion_wise_f1(pred, ref, connectivity=26)
+    )
+    _assert_matches_challenge(pred, ref)
 
 
 def test_volume_difference_ml_anisotropic():
@@ -314,25 +470,12 @@ def test_volume_difference_ml_anisotropic():
     # voxel = 1 * 1.5 * 2 = 3 mm³; |100 - 40| * 3 mm³ = 180 mm³ = 0.18 ml
     assert M.volume_difference_ml(pred, ref, ANISO) == pytest.approx(0.18)
     assert M.volume_difference_ml(ref, pred, ANISO) == pytest.approx(0.18)
+    assert M.volume_difference_voxels(pred, ref) == M.volume_difference_voxels(ref, pred) == 60
     row = M.scan_metrics(pred, ref, ANISO)
     assert row["volume_diff_ml"] == pytest.approx(0.18)
+    assert row["volume_diff_voxels"] == 60.0
     assert row["ref_mm3"] == pytest.approx(120.0)
     assert row["ref_voxels"] == 40 and row["pred_voxels"] == 100
-
-
-def test_micro_dice_pooled_by_hand():
-    pred1, ref1 = _line("1111000000"), _line("0011111100")  # TP 2, FP 2, FN 4
-    pred2, ref2 = _line("1100000000"), _line("1100000000")  # TP 2
-    pred3, ref3 = _line("0000000000"), _line("0000000111")  # FN 3 (missed)
-    pairs = [(pred1, ref1), (pred2, ref2), (pred3, ref3)]
-    expected = 2 * 4 / (2 * 4 + 2 + 7)
-    assert M.micro_dice(pairs) == pytest.approx(expected)
-    acc = M.MicroDice()
-    for p, r in pairs:
-        acc.update(p, r)
-    assert (acc.tp, acc.fp, acc.fn) == (4, 2, 7)
-    assert acc.compute() == pytest.approx(expected)
-    assert M.MicroDice().compute() == 1.0
 
 
 # --------------------------------------------------------------------------------------
@@ -390,7 +533,16 @@ def test_empty_cases_under_both_policies(case, overlap, policy_name):
     assert math.isnan(row["mdsc"])
     n_pred, n_ref = int(pred.sum()), int(ref.sum())
     assert row["volume_diff_ml"] == pytest.approx(abs(n_pred - n_ref) * 3.0 / 1000)
+    assert row["volume_diff_voxels"] == abs(n_pred - n_ref)
     assert row["lesion_count_diff"] == (0.0 if case == "both_empty" else 1.0)
+    assert row["scan_diagonal_mm"] == pytest.approx(DIAG)
+    # re-scored under the other policy, the row equals one scored under it directly
+    other = "nan" if policy_name == "worst_case" else "worst_case"
+    direct = M.scan_metrics(pred, ref, ANISO, policy=EmptyPolicy.from_name(other))
+    rescored = M.with_policy(row, EmptyPolicy.from_name(other))
+    assert rescored.keys() == direct.keys()
+    for key, value in direct.items():
+        assert rescored[key] == value or (math.isnan(value) and math.isnan(rescored[key])), key
 
 
 def test_default_policy_is_worst_case_and_penalty_configurable():
@@ -400,6 +552,14 @@ def test_default_policy_is_worst_case_and_penalty_configurable():
     policy = EmptyPolicy.worst_case(penalty_mm=50.0)
     row = M.scan_metrics(pred, ref, ANISO, policy=policy)
     assert row["hd_mm"] == row["assd_mm"] == 50.0
+    assert M.with_policy(row, policy)["hd95_mm"] == 50.0
+    assert M.with_policy(row, EmptyPolicy.worst_case())["hd_mm"] == pytest.approx(DIAG)
+    assert math.isnan(M.with_policy(row, EmptyPolicy.nan())["assd_mm"])
+    none_row = M.scan_metrics(*_empty_case_masks("none"), ANISO)
+    assert M.with_policy(none_row, EmptyPolicy.nan())["hd_mm"] == none_row["hd_mm"]
+    del row["scan_diagonal_mm"]
+    with pytest.raises(ValueError, match="scan_diagonal_mm"):
+        M.with_policy(row, EmptyPolicy.worst_case())
     assert M.scan_diagonal_mm(SHAPE, ANISO) == pytest.approx(DIAG)
     with pytest.raises(ValueError, match="Unknown"):
         EmptyPolicy.from_name("zero")
@@ -438,8 +598,10 @@ def test_scan_metrics_keys_and_values():
         "ref_voxels",
         "ref_mm3",
         "pred_voxels",
+        "scan_diagonal_mm",
         "empty_case",
         "empty_policy",
+        "lesion_connectivity",
     }
     assert set(row) == expected_keys
     assert row["empty_case"] == "none"
@@ -450,6 +612,7 @@ def test_scan_metrics_keys_and_values():
     assert row["precision"] == pytest.approx(M.precision(p, ref))
     assert row["lesion_f1"] == pytest.approx(M.lesion_wise_f1(p, ref))
     assert row["lesion_count_diff"] == M.lesion_count_difference(p, ref)
+    assert row["volume_diff_voxels"] == M.volume_difference_voxels(p, ref)
     assert row["hd_mm"] == pytest.approx(M.hausdorff(p, ref, ANISO))
     assert (row["tp"], row["fp"], row["fn"]) == M.confusion_counts(p, ref)
     for key in M.SCAN_METRIC_KEYS:

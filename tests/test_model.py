@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
+from stroke_seg.errors import StrokeSegError
 from stroke_seg.models import ResUNet3D
 from stroke_seg.models.resunet import ResidualBlock3D
 
@@ -47,6 +50,26 @@ def test_init() -> None:
             assert torch.all(m.weight == 1) and torch.all(m.bias == 0)
         if isinstance(m, nn.Conv3d | nn.ConvTranspose3d) and m.bias is not None:
             assert torch.all(m.bias == 0)
+
+
+def test_head_init_std_and_the_reference_fan_out() -> None:
+    # Our Conv3d head: Kaiming normal, linear gain over fan_in = C, std 1/sqrt(C). Pool the
+    # head weights of many narrow models (C = 4: std 0.5) to measure it.
+    weights = []
+    for seed in range(150):
+        torch.manual_seed(seed)
+        weights.append(ResUNet3D(**NARROW).head.weight.flatten())
+    std = torch.cat(weights).std().item()
+    assert std == pytest.approx(1 / math.sqrt(4), rel=0.1)
+    # The reference's head, a kernel-1 ConvTranspose3d, has PyTorch fan_out = its C input
+    # channels, so fan-out ReLU init gives it std sqrt(2 / C) (0.25 at C = 32), not the
+    # sqrt(2) that rule gives a Conv3d head (fan-out 1). The docstring's numbers rest on this.
+    transposed = nn.ConvTranspose3d(32, 1, kernel_size=1).weight
+    conv = nn.Conv3d(32, 1, kernel_size=1).weight
+    assert nn.init._calculate_fan_in_and_fan_out(transposed) == (1, 32)
+    assert nn.init._calculate_fan_in_and_fan_out(conv) == (32, 1)
+    gain = nn.init.calculate_gain("relu")
+    assert gain / math.sqrt(32) == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize(
@@ -114,14 +137,14 @@ def test_checkpointing_same_output_and_gradients(monkeypatch: pytest.MonkeyPatch
 
 
 def test_groups_must_divide_widths() -> None:
-    with pytest.raises(ValueError, match=r"model.groups=8.*model.widths=\[32, 64, 100, 256\]"):
+    with pytest.raises(StrokeSegError, match=r"^groups=8 .*widths=\[32, 64, 100, 256\]"):
         ResUNet3D(widths=(32, 64, 100, 256), groups=8)
-    with pytest.raises(ValueError, match="model.groups"):
+    with pytest.raises(StrokeSegError, match="^groups=0 must be a positive integer"):
         ResUNet3D(widths=(4, 8), groups=0)
 
 
 def test_bad_widths_and_inputs() -> None:
-    with pytest.raises(ValueError, match="at least 2 levels"):
+    with pytest.raises(StrokeSegError, match="at least 2 levels"):
         ResUNet3D(widths=(32,))
     model = ResUNet3D(**NARROW)
     with pytest.raises(ValueError, match="at least 8"):
@@ -133,7 +156,7 @@ def test_bad_widths_and_inputs() -> None:
 def test_from_config() -> None:
     model = ResUNet3D.from_config({"_target_": "x", "widths": [4, 8, 16], "groups": 2})
     assert model.widths == (4, 8, 16) and model.groups == 2
-    with pytest.raises(ValueError, match="model.widhts"):
+    with pytest.raises(StrokeSegError, match=r"^widhts=\[4, 8\] is not a network option"):
         ResUNet3D.from_config({"widhts": [4, 8]})
 
 

@@ -10,33 +10,20 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 from scipy import ndimage
 
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.metrics import CONNECTIVITY_26
 from stroke_seg.predict import run
-from tests.conftest import (
-    CONF_DIR,
+from tests.helpers import (
+    LPS_AFFINE,
+    compose_predict,
+    list_files,
     run_entry_point,
-    save_module_checkpoint,
-    tiny_preprocessing,
     tiny_scan,
     write_nifti,
+    zoom_out_checkpoint,
 )
-
-PRE = tiny_preprocessing()  # a zoom-out model: trained at the evaluation crop
-LPS_AFFINE = np.array([[-1.5, 0, 0, 20.0], [0, -1.5, 0, 30.0], [0, 0, 1.5, -5.0], [0, 0, 0, 1]])
-
-
-def _module_ckpt(path: Path, widths=(4, 8)) -> Path:
-    return save_module_checkpoint(path, PRE, widths)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return _module_ckpt(tmp_path_factory.mktemp("predict_ckpt") / "model.ckpt")
 
 
 @pytest.fixture()
@@ -45,17 +32,8 @@ def scan(tmp_path) -> Path:
     return write_nifti(tmp_path / "in" / "one_T1w.nii.gz", image)
 
 
-def compose_predict(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="predict", overrides=[*overrides, "device=cpu"])
-
-
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return run_entry_point("predict.py", *args)
-
-
-def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
 def test_cli_predicts_every_scan_of_a_folder_on_its_own_grid(ckpt, tmp_path):
@@ -66,18 +44,18 @@ def test_cli_predicts_every_scan_of_a_folder_on_its_own_grid(ckpt, tmp_path):
     lps, _ = tiny_scan(rng, shape=(32, 36, 26))
     write_nifti(inputs / "b_T1w.nii", lps, LPS_AFFINE)  # LPS, 1.5 mm, uncompressed
     (inputs / "notes.txt").write_text("not a scan")
-    before = _files(inputs)
+    before = list_files(inputs)
     out = tmp_path / "results"
 
-    result = _cli(f"ckpt={ckpt}", f"input={inputs}", f"output={out}", "device=cpu")
+    result = _cli(f"ckpt={ckpt}", f"input={inputs}", f"output={out}", "inference.device=cpu")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _files(inputs) == before  # nothing written into the input folder
+    assert list_files(inputs) == before  # nothing written into the input folder
     expected = {
         f"{n}_T1w_{kind}"
         for n in "ab"
         for kind in ("lesion_mask.nii.gz", "lesion_prob.nii.gz", "qc.png")
     }
-    assert set(_files(out)) == expected | {"lesions.csv"}
+    assert set(list_files(out)) == expected | {"lesions.csv"}
 
     rows = {r["scan"]: r for r in csv.DictReader((out / "lesions.csv").open())}
     assert set(rows) == {"a_T1w", "b_T1w"}
@@ -119,7 +97,7 @@ def test_existing_results_are_replaced_only_with_overwrite(ckpt, scan, tmp_path)
     args = [f"ckpt={ckpt}", f"input={scan}", f"output={out}", "qc=false"]
     rows = run(compose_predict(args))
     assert [r["scan"] for r in rows] == ["one_T1w"]
-    assert _files(out) == [
+    assert list_files(out) == [
         "lesions.csv",
         "one_T1w_lesion_mask.nii.gz",
         "one_T1w_lesion_prob.nii.gz",
@@ -130,7 +108,7 @@ def test_existing_results_are_replaced_only_with_overwrite(ckpt, scan, tmp_path)
     ):
         run(compose_predict(args))
     assert (out / "one_T1w_lesion_mask.nii.gz").stat().st_mtime_ns == before
-    run(compose_predict([*args, "overwrite=true", "tta=true"]))
+    run(compose_predict([*args, "overwrite=true", "inference.tta=true"]))
     assert (out / "one_T1w_lesion_mask.nii.gz").stat().st_mtime_ns > before
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
@@ -170,7 +148,7 @@ def test_bad_inputs_are_refused_before_anything_is_written(ckpt, scan, tmp_path)
 
 def test_wrong_checkpoints_are_refused_before_anything_is_written(ckpt, scan, tmp_path):
     out = tmp_path / "out"
-    other = _module_ckpt(tmp_path / "other.ckpt", widths=(4, 8, 16))
+    other = zoom_out_checkpoint(tmp_path / "other.ckpt", widths=(4, 8, 16))
     state = torch.load(other, weights_only=True)
     state["hyper_parameters"]["net"]["widths"] = [4, 8]  # weights of another network
     torch.save(state, other)
@@ -186,7 +164,7 @@ def test_output_may_not_mix_with_the_inputs(ckpt, scan, tmp_path):
     _refused([f"ckpt={ckpt}", f"input={scan.parent}"], "lies inside input=", scan.parent / "pred")
     with pytest.raises(StrokeSegError, match="is the folder of input="):
         run(compose_predict([f"ckpt={ckpt}", f"input={scan}", f"output={scan.parent}"]))
-    assert _files(scan.parent) == ["one_T1w.nii.gz"]
+    assert list_files(scan.parent) == ["one_T1w.nii.gz"]
     twin = write_nifti(scan.parent / "sub" / "one_T1w.nii", np.zeros((24, 28, 20), np.float32))
     _refused(
         [f"ckpt={ckpt}", f"input={scan.parent}"],

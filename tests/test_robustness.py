@@ -32,10 +32,11 @@ from stroke_seg.checkpoints import load_matching_weights, read_checkpoint
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.evaluate import run as evaluate
 from stroke_seg.losses import BCEDiceLoss
+from stroke_seg.outputs import safe_output_path
 from stroke_seg.predict import run as predict
-from stroke_seg.safe_io import AtomicCheckpointIO, safe_output_path
+from stroke_seg.safe_io import AtomicCheckpointIO
 from stroke_seg.train import run as train
-from tests.conftest import (
+from tests.helpers import (
     CONF_DIR,
     REPO,
     TINY_TRAIN_OVERRIDES,
@@ -284,22 +285,25 @@ def test_continue_prediction_keeps_finished_scans_and_redoes_the_partial_one(tmp
         write_nifti(inputs / f"{name}_T1w.nii.gz", tiny_scan(rng)[0])
     before = _digest(inputs)
     out = tmp_path / "out"
-    args = [f"ckpt={ckpt}", f"input={inputs}", f"output={out}", "qc=false", "device=cpu"]
+    args = [f"ckpt={ckpt}", f"input={inputs}", f"output={out}", "qc=false", "inference.device=cpu"]
 
-    real_save = predict_module.save_nifti_atomic
+    real_save = predict_module.write_nifti
+    # What SIGKILL leaves mid-write: the temporary file, named as `atomic.temporary_path`
+    # names it in another process.
+    stale = ".b_T1w_lesion_mask.nii.gz.99999.tmp.nii.gz"
 
     def killed_writing_b_mask(path, *a, **k):
         if path.name == "b_T1w_lesion_mask.nii.gz":
-            (path.parent / f".tmp-99999-{path.name}").write_bytes(b"\x1f\x8b half")  # as SIGKILL
+            (path.parent / stale).write_bytes(b"\x1f\x8b half")
             raise Killed
         return real_save(path, *a, **k)
 
-    monkeypatch.setattr(predict_module, "save_nifti_atomic", killed_writing_b_mask)
+    monkeypatch.setattr(predict_module, "write_nifti", killed_writing_b_mask)
     with pytest.raises(Killed):
         predict(_compose("predict", args))
-    monkeypatch.setattr(predict_module, "save_nifti_atomic", real_save)
+    monkeypatch.setattr(predict_module, "write_nifti", real_save)
     assert sorted(p.name for p in out.iterdir()) == [
-        ".tmp-99999-b_T1w_lesion_mask.nii.gz",
+        stale,
         "a_T1w_lesion_mask.nii.gz",
         "a_T1w_lesion_prob.nii.gz",
         "b_T1w_lesion_prob.nii.gz",
@@ -328,7 +332,7 @@ def test_continue_prediction_keeps_finished_scans_and_redoes_the_partial_one(tmp
     assert [r["scan"] for r in rows] == ["a_T1w", "b_T1w", "c_T1w"]
 
     fresh = tmp_path / "fresh"
-    predict(_compose("predict", [*args[:2], f"output={fresh}", "qc=false", "device=cpu"]))
+    predict(_compose("predict", [*args[:2], f"output={fresh}", "qc=false", "inference.device=cpu"]))
     assert _digest(out) == _digest(fresh)  # the same results as one uninterrupted run
     assert _digest(inputs) == before  # inputs are only ever read
 
@@ -406,7 +410,12 @@ def test_a_checkpoint_with_a_pickle_payload_is_refused_everywhere(tiny_bids, tmp
         "predict": lambda: predict(
             _compose(
                 "predict",
-                [f"ckpt={evil}", f"input={scan}", f"output={tmp_path / 'p'}", "device=cpu"],
+                [
+                    f"ckpt={evil}",
+                    f"input={scan}",
+                    f"output={tmp_path / 'p'}",
+                    "inference.device=cpu",
+                ],
             )
         ),
         "evaluate": lambda: evaluate(
@@ -416,7 +425,7 @@ def test_a_checkpoint_with_a_pickle_payload_is_refused_everywhere(tiny_bids, tmp
                     f"ckpt={evil}",
                     f"data.root={tiny_bids}",
                     f"output={tmp_path / 'e'}",
-                    "device=cpu",
+                    "inference.device=cpu",
                 ],
             )
         ),
@@ -496,7 +505,7 @@ def test_train_evaluate_and_predict_run_without_any_network(tiny_bids, tmp_path,
                 f"ckpt={ckpt}",
                 f"data.root={tiny_bids}",
                 f"output={tmp_path / 'eval'}",
-                "device=cpu",
+                "inference.device=cpu",
                 "bootstrap.n_resamples=20",
             ],
         )
@@ -506,7 +515,12 @@ def test_train_evaluate_and_predict_run_without_any_network(tiny_bids, tmp_path,
     rows = predict(
         _compose(
             "predict",
-            [f"ckpt={ckpt}", f"input={scan}", f"output={tmp_path / 'pred'}", "device=cpu"],
+            [
+                f"ckpt={ckpt}",
+                f"input={scan}",
+                f"output={tmp_path / 'pred'}",
+                "inference.device=cpu",
+            ],
         )
     )
     assert len(rows) == 1
@@ -519,6 +533,8 @@ def test_importing_the_package_reaches_no_network():
         "stroke_seg.evaluate",
         "stroke_seg.predict",
         "stroke_seg.export",
+        "stroke_seg.crossval",
+        "stroke_seg.cli",
         "stroke_seg.data.synthetic",
         "stroke_seg.report",
     ]

@@ -100,7 +100,87 @@ def test_summarize_cases_worst_case_includes_penalty():
     assert out["hd_mm"]["n"] == 6 and out["hd_mm"]["n_nan"] == 0
     assert out["hd_mm"]["mean"] == pytest.approx(np.mean([r["hd_mm"] for r in rows]))
     assert rows[0]["hd_mm"] == pytest.approx(M.scan_diagonal_mm((16, 16, 16), (1, 1, 1)))
-    assert set(out) == {"hd_mm", "dsc", "n_cases", "empty_cases", "empty_policy", "micro_dsc"}
+    assert set(out) == {
+        "hd_mm",
+        "dsc",
+        "n_cases",
+        "empty_cases",
+        "empty_policy",
+        "lesion_connectivity",
+        "micro_dsc",
+        "by_empty_policy",
+    }
+    assert out["lesion_connectivity"] == 6
+
+
+def test_distances_under_both_policies_from_either_run():
+    by_nan = S.summarize_cases(_rows(EmptyPolicy.nan()), n_resamples=200)["by_empty_policy"]
+    worst_rows = _rows(EmptyPolicy.worst_case())
+    by_worst = S.summarize_cases(worst_rows, n_resamples=200)["by_empty_policy"]
+    assert by_nan == by_worst
+    assert set(by_worst) == {"worst_case", "nan"}
+    diagonal = M.scan_diagonal_mm((16, 16, 16), (1, 1, 1))
+    for key in ("hd_mm", "hd95_mm", "assd_mm"):
+        worst, nan = by_worst["worst_case"][key], by_worst["nan"][key]
+        assert worst["n"] == 6 and worst["n_nan"] == 0
+        assert worst["mean"] == pytest.approx(np.mean([r[key] for r in worst_rows]))
+        assert nan["n"] == 5 and nan["n_nan"] == 1
+        assert nan["mean"] == pytest.approx(np.mean([r[key] for r in worst_rows[1:]]))
+        # the missed scan adds (diagonal - mean of the others) / 6 to the worst-case mean
+        assert worst["mean"] - nan["mean"] == pytest.approx((diagonal - nan["mean"]) / 6)
+    # a custom worst-case penalty stays as the rows were scored
+    penalised = _rows(EmptyPolicy.worst_case(penalty_mm=50.0))
+    out = S.summarize_cases(penalised, n_resamples=200)["by_empty_policy"]
+    assert out["worst_case"]["hd_mm"]["mean"] == pytest.approx(
+        np.mean([50.0, *[r["hd_mm"] for r in penalised[1:]]])
+    )
+    assert out["nan"] == by_worst["nan"]
+    # no empty case: no second policy to show
+    assert "by_empty_policy" not in S.summarize_cases(worst_rows[1:], n_resamples=50)
+
+
+def test_report_shows_both_policies_when_a_case_is_empty():
+    from stroke_seg import report
+
+    rows = _rows(EmptyPolicy.nan())
+    summary = report.summary_json(rows, "nan", n_resamples=200)
+    by = summary["by_empty_policy"]
+    text = report.render_report("r", [], {"m": summary}, {}, {}, {}, 200)
+    assert "## HD and ASSD under both empty-mask policies" in text
+    table = report.empty_policy_table({"m": summary})
+    lines = table.splitlines()
+    assert lines[0].startswith("| Methods | Empty-mask policy | Scans averaged | HD (mm)")
+    assert lines[2].startswith(
+        f"| m | worst_case | 6 | {report.format_ci(by['worst_case']['hd_mm'], 1)}"
+    )
+    assert lines[3].startswith(
+        f"| m | nan (this run) | 5 | {report.format_ci(by['nan']['hd_mm'], 1)}"
+    )
+    assert table in text
+    assert "Volume diff (voxels)" in text
+    no_empty = report.summary_json(rows[1:], "nan", n_resamples=50)
+    assert "by_empty_policy" not in no_empty
+    assert "both empty-mask policies" not in report.render_report(
+        "r", [], {"m": no_empty}, {}, {}, {}, 50
+    )
+
+
+def test_micro_dsc_pools_scan_metrics_of_masks():
+    # (moved from the removed metrics.MicroDice / micro_dice, every assertion kept)
+    def line(bits: str) -> np.ndarray:
+        return np.array([c == "1" for c in bits], bool).reshape(1, 1, -1)
+
+    pairs = [
+        (line("1111000000"), line("0011111100")),  # TP 2, FP 2, FN 4
+        (line("1100000000"), line("1100000000")),  # TP 2
+        (line("0000000000"), line("0000000111")),  # FN 3 (missed)
+    ]
+    rows = [M.scan_metrics(p, r, (1.0, 1.0, 1.0)) for p, r in pairs]
+    expected = 2 * 4 / (2 * 4 + 2 + 7)
+    assert S.micro_dsc(rows) == pytest.approx(expected)
+    assert tuple(sum(r[k] for r in rows) for k in ("tp", "fp", "fn")) == (4, 2, 7)
+    assert S.summarize_cases(rows, n_resamples=10)["micro_dsc"] == pytest.approx(expected)
+    assert S.micro_dsc([]) == 1.0  # no voxel of any mask: the empty value
 
 
 def test_summarize_cases_missing_keys():
@@ -135,17 +215,50 @@ def test_r_squared():
     assert math.isnan(S.r_squared([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
 
 
-def test_quartile_groups_31():
-    sizes = np.random.default_rng(4).integers(10, 100000, size=31)
+def _percentile_groups(sizes) -> list[list[int]]:
+    """Table 4's groups straight from the definition: [q_k, q_k+1) of np.percentile."""
+    edges = [-np.inf, *np.percentile(sizes, [25, 50, 75]), np.inf]
+    return [
+        sorted((i for i, v in enumerate(sizes) if lo <= v < hi), key=lambda i: sizes[i])
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+    ]
+
+
+def test_quartile_groups_31_are_percentile_groups():
+    sizes = np.random.default_rng(4).choice(100000, size=31, replace=False) + 10
     groups = S.quartile_groups(sizes)
-    assert [len(g) for g in groups] == [8, 8, 8, 7]
+    assert [len(g) for g in groups] == [8, 7, 8, 8]  # np.array_split would give 8, 8, 8, 7
+    assert [g.tolist() for g in groups] == _percentile_groups(sizes)
     assert np.array_equal(np.sort(np.concatenate(groups)), np.arange(31))
     for lower, upper in zip(groups[:-1], groups[1:], strict=True):
-        assert sizes[lower].max() <= sizes[upper].min()
+        assert sizes[lower].max() < sizes[upper].min()
+    # the median scan sits exactly on the 50th-percentile cut-off and opens the upper group
+    q25, q50, q75 = S.quartile_cutoffs(sizes)
+    median_scan = int(np.argsort(sizes)[15])
+    assert sizes[median_scan] == q50 and groups[2][0] == median_scan
+    assert (q25, q75) == (np.mean(np.sort(sizes)[7:9]), np.mean(np.sort(sizes)[22:24]))
     assert [len(g) for g in S.quartile_groups(np.arange(8))] == [2, 2, 2, 2]
-    # ties keep input order (stable sort)
+    assert [len(g) for g in S.quartile_groups(np.arange(9))] == [2, 2, 2, 3]
+    assert [len(g) for g in S.quartile_groups([])] == [0, 0, 0, 0]
+
+
+def test_quartile_groups_ties():
+    # tied sizes share a group; a tie on a cut-off goes up with it
     tied = S.quartile_groups([5, 5, 5, 5, 1])
-    assert [g.tolist() for g in tied] == [[4, 0], [1], [2], [3]]
+    assert [g.tolist() for g in tied] == [[4], [], [], [0, 1, 2, 3]]
+    # 31 scans with four equal sizes spanning the 25th percentile (sorted positions 6-9)
+    sizes = np.arange(31, dtype=float) * 10
+    sizes[6:10] = 65.0
+    sizes = sizes[np.random.default_rng(0).permutation(31)]
+    groups = S.quartile_groups(sizes)
+    assert S.quartile_cutoffs(sizes)[0] == 65.0
+    assert [len(g) for g in groups] == [6, 9, 8, 8]
+    assert [g.tolist() for g in groups] == _percentile_groups(sizes)
+    assert set(sizes[groups[1]][:4]) == {65.0}
+    # ties inside a group keep their input order; the smallest size, tied on the 25th
+    # percentile, leaves the 0-25% group empty
+    groups = S.quartile_groups([3, 1, 1, 1, 2, 9, 9, 9])
+    assert [g.tolist() for g in groups] == [[], [1, 2, 3, 4], [0], [5, 6, 7]]
 
 
 def test_summarize_by_size_quartile():
@@ -153,7 +266,9 @@ def test_summarize_by_size_quartile():
     rows = [{"ref_voxels": v, "dsc": d} for v, d in zip(sizes, dscs, strict=True)]
     blocks = S.summarize_by_size_quartile(rows, metric_keys=["dsc"], n_resamples=100)
     assert [b["group"] for b in blocks] == list(S.QUARTILE_LABELS)
-    assert [b["n_cases"] for b in blocks] == [8, 8, 8, 7]
+    assert [b["n_cases"] for b in blocks] == [8, 7, 8, 8]
     assert blocks[0]["size_range"] == [1.0, 8.0]
-    assert blocks[3]["size_range"] == [25.0, 31.0]
+    assert blocks[2]["size_range"] == [16.0, 23.0]
+    assert blocks[3]["size_range"] == [24.0, 31.0]
+    assert [b["cutoffs"] for b in blocks] == [[None, 8.5], [8.5, 16.0], [16.0, 23.5], [23.5, None]]
     assert blocks[0]["dsc"]["mean"] > blocks[3]["dsc"]["mean"]

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import CONF_DIR, TINY_TRAIN_OVERRIDES, run_train_cli
+from tests.helpers import CONF_DIR, TINY_TRAIN_OVERRIDES, run_train_cli
 
 
 def _compose(overrides: list[str]):

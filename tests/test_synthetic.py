@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from stroke_seg.data import synthetic as syn
 from stroke_seg.errors import StrokeSegError
+from tests.helpers import compose_config, run_module
 
 SHAPE_2MM = (99, 117, 95)
 AFFINE_2MM = np.array([[2.0, 0, 0, -98.0], [0, 2.0, 0, -134.0], [0, 0, 2.0, -72.0], [0, 0, 0, 1.0]])
@@ -258,7 +259,7 @@ def test_refuses_foreign_nonempty_folder(tmp_path: Path) -> None:
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(StrokeSegError) as err:
         syn.generate_dataset(foreign, 1, seed=0, spacing=2.0, progress=False)
-    assert str(foreign) in str(err.value) and "--overwrite" in str(err.value)
+    assert str(foreign) in str(err.value) and "overwrite=true" in str(err.value)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     syn.generate_dataset(foreign, 1, seed=0, spacing=2.0, overwrite=True, progress=False)
     assert (foreign / "notes.txt").read_text() == "keep me"
@@ -266,19 +267,76 @@ def test_refuses_foreign_nonempty_folder(tmp_path: Path) -> None:
 
 
 def test_cli_summary_and_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command's task with conf/synthetic.yaml (``main(cfg)`` runs it without Hydra's
+    start-up, as Hydra does once it has composed the config)."""
     out = tmp_path / "cli"
-    rc = syn.main(["--out", str(out), "--n", "1", "--seed", "0", "--spacing", "2", "--quiet"])
-    assert rc == 0
+    syn.main(
+        compose_config("synthetic", [f"out={out}", "n=1", "seed=0", "spacing=2", "quiet=true"])
+    )
     line = capsys.readouterr().out.strip()
     assert "1 subjects" in line and "grid 99x117x95" in line and str(out) in line
     assert syn.subject_paths(out, 0)[0].exists()
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "x").write_text("")
-    with pytest.raises(SystemExit) as exc:
-        syn.main(["--out", str(foreign), "--n", "1", "--spacing", "2", "--quiet"])
-    assert exc.value.code == 2
-    assert f"error: {foreign}" in capsys.readouterr().err
+    for overrides, message in [
+        ([f"out={foreign}", "n=1", "spacing=2"], f"error: {foreign} is not empty"),
+        ([f"out={out}", "n=two"], "error: n='two' is not a whole number; pass e.g. n=40."),
+        ([f"out={out}", "n=0"], "error: n=0 is too small; use at least 1."),
+        ([f"out={out}", "spacing=fine"], "error: spacing='fine' is not a number"),
+        ([f"out={out}", "spacing=0.5"], "error: spacing=0.5 mm is not supported"),
+        ([], "error: out= is not set; name the folder to write"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            syn.main(compose_config("synthetic", [*overrides, "quiet=true"]))
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(message) and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in foreign.iterdir()) == ["x"]
+
+
+def test_command_line_is_hydra_and_writes_only_the_set(tmp_path: Path) -> None:
+    """``python -m stroke_seg.data.synthetic out=DIR n=1 spacing=4`` as a user runs it (the
+    stroke-seg-synthetic script calls the same ``main``): the set, and no Hydra folders."""
+    out = tmp_path / "set"
+    proc = run_module(
+        "stroke_seg.data.synthetic", f"out={out}", "n=1", "spacing=4", "quiet=true", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 subjects (seed 0, 4 mm, grid 50x59x48)" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+    assert json.loads((out / "dataset.json").read_text())["spacing"] == 4.0
+    missing = run_module("stroke_seg.data.synthetic", "n=1", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        "error: out= is not set; name the folder to write, e.g. out=data/synthetic_2mm."
+    ]
+
+
+# ---------------------------------------------------------------------------------- geometry
+
+
+def test_ellipsoid_mask_is_the_ellipsoid_equation_on_the_whole_grid() -> None:
+    """`ellipsoid_mask` computes only in the bounding box; the box must not cut the shape."""
+    shape = (20, 24, 18)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"))
+    for centre, radii in [
+        ((9.3, 11.7, 8.2), (4.1, 6.6, 2.9)),
+        ((0.5, 23.0, 17.2), (3.0, 3.0, 3.0)),  # cut by the grid's edges
+        ((10.0, 12.0, 9.0), (0.8, 0.8, 0.8)),  # smaller than a voxel: the centre only
+    ]:
+        c, r = np.array(centre)[:, None, None, None], np.array(radii)[:, None, None, None]
+        full = (((grid - c) / r) ** 2).sum(0) <= 1
+        mask = syn.ellipsoid_mask(shape, centre, radii)
+        assert mask.dtype == bool and mask.shape == shape
+        assert np.array_equal(mask, full) and mask.any()
+    assert syn.equivalent_radius(4.0 / 3.0 * np.pi * 27.0) == pytest.approx(3.0)
+    # Rotated: the distance field of a lesion is that of the rotated ellipsoid.
+    rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90 deg about z
+    x, y, z = np.ogrid[-5:6, -5:6, -5:6]
+    d2 = syn.ellipsoid_d2((x, y, z), (0.0, 0.0, 0.0), (4.0, 2.0, 1.0), rot)
+    assert d2[5, 5 + 4, 5] == pytest.approx(1.0)  # the long axis now lies along y
+    assert d2[5 + 2, 5, 5] == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------- domain randomisation (option)

@@ -13,12 +13,15 @@ import yaml
 
 from stroke_seg.checkpoints import load_matching_weights
 from stroke_seg.errors import StrokeSegError
+from stroke_seg.lit_module import LesionSegModule
 from stroke_seg.train import build_module, run
-from tests.conftest import TINY_TRAIN_OVERRIDES, compose_train, run_train_cli
-
-
-def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+from tests.helpers import (
+    TINY_TRAIN_OVERRIDES,
+    checkpoint_weights,
+    compose_train,
+    run_train_cli,
+    tiny_preprocessing,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,8 @@ def test_run_folder_explains_itself(zoom_in_run):
     assert 0.0 <= summary["final_val_dsc"] <= 1.0
     assert summary["n_parameters"] > 0
     assert {"best.ckpt", "last.ckpt"} <= set(summary["checkpoints"])
+    # every file was written atomically: no temporary file is left beside it
+    assert not [p for p in zoom_in_run.rglob(".*") if p.is_file()]
     rows = list(csv.DictReader((zoom_in_run / "logs" / "metrics.csv").open()))
     logged = {k for row in rows for k, v in row.items() if v}
     assert {
@@ -99,7 +104,7 @@ def test_zoom_out_starts_from_zoom_in_weights_and_saves_snapshots(zoom_in_run, t
     )
     module = build_module(cfg, {})
     load_matching_weights(module, ckpt)
-    zoom_in = _weights(ckpt)
+    zoom_in = checkpoint_weights(ckpt)
     assert all(torch.equal(v, zoom_in[k]) for k, v in module.state_dict().items())
 
     run(cfg)
@@ -111,7 +116,7 @@ def test_zoom_out_starts_from_zoom_in_weights_and_saves_snapshots(zoom_in_run, t
     summary = json.loads((tmp_path / "zoom_out" / "summary.json").read_text())
     assert summary["initialised_from"] == str(ckpt) and summary["epochs"] == 3
     # fine-tuning changed the weights
-    last = _weights(tmp_path / "zoom_out" / "checkpoints" / "last.ckpt")
+    last = checkpoint_weights(tmp_path / "zoom_out" / "checkpoints" / "last.ckpt")
     assert not all(torch.equal(v, zoom_in[k]) for k, v in last.items())
     # the progress history holds validation values only for the epoch that validated
     state = torch.load(tmp_path / "zoom_out" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -132,6 +137,27 @@ def test_mismatched_checkpoint_is_refused_not_partially_loaded(zoom_in_run, tiny
     with pytest.raises(StrokeSegError, match=r"does not fit this model.*widths.*\[4, 8\]"):
         run(cfg)
     assert not (tmp_path / "zoom_out" / "checkpoints").exists()
+
+
+def test_module_options_are_named_by_their_config_key(tiny_bids, tmp_path):
+    """The network, the optimiser and the speed options name their own parameters; the
+    training task puts them under model., optim. and speed., the keys the user changes."""
+    for overrides, message in [
+        (["model.groups=3"], r"^model.groups=3 must divide every width in widths=\[4, 8\]"),
+        (["+model.widhts=[4]"], r"^model.widhts=\[4\] is not a network option"),
+        (["~optim.weight_decay"], r"^optim.weight_decay= is missing"),
+        (["+optim.momentum=0.9"], r"^optim.momentum=0.9 is not an optimiser option"),
+        (["+speed.chanels_last=true"], r"^speed.chanels_last=True is not a speed option"),
+    ]:
+        cfg = compose_train(tmp_path / "run", tiny_bids, overrides)
+        with pytest.raises(StrokeSegError, match=message):
+            build_module(cfg, tiny_preprocessing())
+    # Weight decay has one source, conf/optim (1e-4, paper Table 1): the module has no default.
+    cfg = compose_train(tmp_path / "run", tiny_bids)
+    assert cfg.optim.weight_decay == 1e-4
+    module = LesionSegModule(net={"widths": [4, 8], "groups": 2}, loss={}, optim={"lr": 1e-3})
+    with pytest.raises(StrokeSegError, match=r"^optim.weight_decay= is missing"):
+        module.configure_optimizers()
 
 
 def test_zoom_out_without_ckpt_is_refused(tiny_bids, tmp_path):
@@ -220,7 +246,7 @@ def test_wandb_logger_writes_an_offline_run(tiny_bids, tmp_path, monkeypatch):
 def test_cli_user_errors_are_one_sentence(tmp_path):
     missing = run_train_cli(f"paths.runs_dir={tmp_path}", f"data.root={tmp_path / 'absent'}")
     assert missing.returncode == 2
-    assert missing.stderr.strip().splitlines()[-1].startswith(f"error: data.root {tmp_path}")
+    assert missing.stderr.strip().splitlines()[-1].startswith(f"error: data.root='{tmp_path}")
     assert "Traceback" not in missing.stderr
     no_ckpt = run_train_cli(f"paths.runs_dir={tmp_path}", "stage=zoom_out")
     assert no_ckpt.returncode == 2
@@ -264,13 +290,13 @@ def test_multirun_over_two_seeds(tiny_bids, tmp_path):
     for job in jobs:
         assert (job / "checkpoints" / "last.ckpt").exists()
         assert json.loads((job / "summary.json").read_text())["epochs"] == 1
-    w1, w2 = (_weights(j / "checkpoints" / "last.ckpt") for j in jobs)
+    w1, w2 = (checkpoint_weights(j / "checkpoints" / "last.ckpt") for j in jobs)
     assert any(not torch.equal(w1[k], w2[k]) for k in w1)
 
 
 def test_bad_mask_stops_training_with_the_file_named(tmp_path):
     """An error raised inside MONAI's caching reaches the user as our one sentence."""
-    from tests.conftest import bids_paths, make_bids_tree, write_nifti
+    from tests.helpers import bids_paths, make_bids_tree, write_nifti
 
     root = make_bids_tree(tmp_path / "bids", n=4)
     _, mask = bids_paths(root, "R001", "sub-r001s002")

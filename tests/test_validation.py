@@ -14,11 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stroke_seg.data.discovery import Case, discover_atlas_r12
-from stroke_seg.data.io import load_case, load_volume
+from stroke_seg.data.checks import binarize_mask
+from stroke_seg.data.discovery import discover_atlas_r12
+from stroke_seg.data.io import Case, load_case, read_nifti
+from stroke_seg.data.splits import load_split
 from stroke_seg.errors import StrokeSegError
-from stroke_seg.validation import binarize_mask, load_split
-from tests.conftest import TINY_AFFINE, TINY_SHAPE, tiny_scan, write_nifti
+from tests.helpers import TINY_AFFINE, TINY_SHAPE, tiny_scan, write_nifti
 
 IMAGE, MASK = tiny_scan(np.random.default_rng(0))
 
@@ -74,66 +75,66 @@ SUBJECTS = ["a", "b", "c"]
 CASES: list[tuple[str, Callable[[Path], object], str]] = [
     (
         "missing file",
-        lambda t: load_volume(t / "absent.nii.gz"),
+        lambda t: read_nifti(t / "absent.nii.gz"),
         r"absent\.nii\.gz does not exist\.$",
     ),
     (
         "empty file",
-        lambda t: load_volume(_write_text(t / "e.nii.gz", "")),
+        lambda t: read_nifti(_write_text(t / "e.nii.gz", "")),
         r"e\.nii\.gz is not a readable NIfTI file \(.+\)\.$",
     ),
     (
         "text named .nii.gz",
-        lambda t: load_volume(_write_text(t / "x.nii.gz", "hello")),
+        lambda t: read_nifti(_write_text(t / "x.nii.gz", "hello")),
         r"x\.nii\.gz is not a readable NIfTI file \(.+\)\.$",
     ),
     (
         "truncated gzip",
-        lambda t: load_volume(_cut(t, "cut.nii.gz", 0.5)),
+        lambda t: read_nifti(_cut(t, "cut.nii.gz", 0.5)),
         r"cut\.nii\.gz is truncated or corrupt \(.+\)\.$",
     ),
     (
         "truncated .nii",
-        lambda t: load_volume(_cut(t, "cut.nii", 0.5)),
+        lambda t: read_nifti(_cut(t, "cut.nii", 0.5)),
         r"cut\.nii is truncated or corrupt \(its header describes 53,760 bytes of data but the "
         r"file holds \d+,\d+\)\.$",
     ),
     (
         "4-D series",
-        lambda t: load_volume(write_nifti(t / "s.nii.gz", np.stack([IMAGE] * 2, -1))),
+        lambda t: read_nifti(write_nifti(t / "s.nii.gz", np.stack([IMAGE] * 2, -1))),
         r"s\.nii\.gz has shape \(24, 28, 20, 2\); one 3-D volume per file is needed \(split 4-D "
         r"series first\)\.$",
     ),
     (
         "2-D slice",
-        lambda t: load_volume(write_nifti(t / "s.nii.gz", IMAGE[:, :, 0])),
+        lambda t: read_nifti(write_nifti(t / "s.nii.gz", IMAGE[:, :, 0])),
         r"s\.nii\.gz has shape \(24, 28\); one 3-D volume per file is needed\.$",
     ),
     (
         "complex voxels",
-        lambda t: load_volume(write_nifti(t / "c.nii.gz", IMAGE.astype(np.complex64))),
+        lambda t: read_nifti(write_nifti(t / "c.nii.gz", IMAGE.astype(np.complex64))),
         r"c\.nii\.gz stores complex64 voxels; a scalar, real-valued intensity volume is needed\.$",
     ),
     (
         "NaN intensity",
-        lambda t: load_volume(write_nifti(t / "n.nii.gz", _with(IMAGE, (1, 2, 3), np.nan))),
+        lambda t: read_nifti(write_nifti(t / "n.nii.gz", _with(IMAGE, (1, 2, 3), np.nan))),
         r"n\.nii\.gz holds 1 NaN and 0 infinite intensities; .+\.$",
     ),
     (
         "Inf intensity",
-        lambda t: load_volume(
+        lambda t: read_nifti(
             write_nifti(t / "i.nii.gz", _with(IMAGE, (slice(0, 2), 0, 0), np.inf))
         ),
         r"i\.nii\.gz holds 0 NaN and 2 infinite intensities; .+\.$",
     ),
     (
         "beyond float32",
-        lambda t: load_volume(write_nifti(t / "b.nii.gz", np.full(TINY_SHAPE, 1e300))),
+        lambda t: read_nifti(write_nifti(t / "b.nii.gz", np.full(TINY_SHAPE, 1e300))),
         r"b\.nii\.gz holds intensities beyond the float32 range \(up to 1e\+300\); rescale",
     ),
     (
         "zero voxel size",
-        lambda t: load_volume(_zero_voxel_size(t / "z.nii.gz")),
+        lambda t: read_nifti(_zero_voxel_size(t / "z.nii.gz")),
         r"z\.nii\.gz has an invalid voxel-to-world affine",
     ),
     (
@@ -174,7 +175,8 @@ CASES: list[tuple[str, Callable[[Path], object], str]] = [
         lambda t: load_split(
             _split(t, {"train": ["a", "zz"], "val": ["b"], "test": ["c"]}), SUBJECTS
         ),
-        r"split\.json names 1 subject\(s\) not found under data\.root \(first: zz\); fix the split",
+        r"split\.json names 1 subject\(s\) not found among the scans of the data root "
+        r"\(first: zz\); fix the split file",
     ),
     (
         "empty split",
@@ -201,14 +203,14 @@ def test_bad_input_is_refused_in_one_sentence(tmp_path, make_and_read, message):
 
 
 def test_a_single_volume_4d_file_is_squeezed(tmp_path):
-    data, affine = load_volume(write_nifti(tmp_path / "one.nii.gz", IMAGE[..., None]))
+    data, affine = read_nifti(write_nifti(tmp_path / "one.nii.gz", IMAGE[..., None]))
     assert data.shape == TINY_SHAPE and data.dtype == np.float32
     np.testing.assert_array_equal(data, IMAGE)
     np.testing.assert_array_equal(affine, TINY_AFFINE)
 
 
 def test_a_0_255_mask_is_binarised_with_a_note(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="stroke_seg.validation"):
+    with caplog.at_level(logging.WARNING, logger="stroke_seg.data.checks"):
         label = load_case(_case(tmp_path, mask=MASK * np.uint8(255)))["label"]
     np.testing.assert_array_equal(label, MASK)
     assert label.dtype == np.uint8
@@ -291,7 +293,7 @@ def test_random_bytes_and_headers_never_escape_as_other_errors(tmp_path, content
     path = tmp_path / ("random.nii.gz" if gz else "random.nii")
     path.write_bytes(gzip.compress(body) if gz else body)
     try:
-        data, affine = load_volume(path)
+        data, affine = read_nifti(path)
     except StrokeSegError as err:
         assert str(path) in str(err)
     else:

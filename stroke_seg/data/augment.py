@@ -1,6 +1,6 @@
 """Optional spatial and intensity augmentation of training crops (``augmentation=standard``).
 
-The paper trained without augmentation (Sec. 2.3; REFERENCE_NOTES "Optimisation"), so the
+The paper trained without augmentation (Sec. 2.3; docs/paper.md "Optimisation"), so the
 default, ``augmentation=none``, adds no transform at all and the paper's crops are unchanged.
 ``augmentation=standard`` follows the kinds and probabilities of nnU-Net's default 3-D
 pipeline (Isensee et al. 2021, Suppl. Note 4): mirroring, rotation and scaling, Gaussian
@@ -24,7 +24,7 @@ stay binary; intensity transforms touch the image only.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,10 +43,14 @@ from monai.transforms import (
     RandSimulateLowResolutiond,
 )
 
-from stroke_seg.errors import StrokeSegError
+from stroke_seg.errors import check_keys, check_range, option_error
 
 KEYS = ("flip_prob", "affine_prob", "rotate_deg", "scale_range", "noise_prob", "noise_std")
 KEYS += ("brightness_prob", "brightness_range", "gamma_prob", "gamma_range")
+# Errors name a setting as ``augmentation.<key>``: `StrokeDataModule`'s parameter that holds
+# these settings; the training task puts it under ``data.``.
+PARAMETER = "augmentation"
+
 # Appearance (augmentation=appearance); every preset sets them (0 = off).
 KEYS += ("bias_prob", "bias_coeff", "blur_prob", "blur_sigma", "lowres_prob", "lowres_zoom")
 KEYS += ("lesion_prob", "lesion_scale")
@@ -83,10 +87,7 @@ class RandLesionIntensityd(RandomizableTransform, MapTransform):
 
 
 def _prob(settings: Mapping[str, Any], key: str) -> float:
-    value = float(settings[key])
-    if not 0.0 <= value <= 1.0:
-        raise StrokeSegError(f"data.augmentation.{key}={value} must lie in [0, 1].")
-    return value
+    return check_range(f"{PARAMETER}.{key}", float(settings[key]), 0.0, 1.0)
 
 
 def _range(settings: Mapping[str, Any], key: str) -> tuple[float, float]:
@@ -96,10 +97,8 @@ def _range(settings: Mapping[str, Any], key: str) -> tuple[float, float]:
     except (TypeError, ValueError):
         low, high = math.nan, math.nan
     if not 0.0 < low <= high:
-        raise StrokeSegError(
-            f"data.augmentation.{key}={list(value) if isinstance(value, list | tuple) else value} "
-            "must be [low, high] with 0 < low <= high."
-        )
+        shown = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+        raise option_error(f"{PARAMETER}.{key}", shown, "must be [low, high] with 0 < low <= high.")
     return low, high
 
 
@@ -108,18 +107,13 @@ def augmentation_transforms(settings: Mapping[str, Any] | None) -> list[MapTrans
     leaves its transform out, so ``augmentation=none`` returns an empty list."""
     if not settings:
         return []
-    unknown = sorted(set(settings) - set(KEYS))
-    if unknown:
-        raise StrokeSegError(
-            f"data.augmentation.{unknown[0]} is not an augmentation setting; "
-            f"known settings: {', '.join(KEYS)}."
-        )
-    missing = [k for k in KEYS if k not in settings]
-    if missing:
-        raise StrokeSegError(
-            f"data.augmentation.{missing[0]} is missing; start from augmentation=standard or "
-            "augmentation=none, which set every key."
-        )
+    check_keys(
+        settings,
+        KEYS,
+        "an augmentation setting",
+        "start from augmentation=standard or augmentation=none, which set every key.",
+        prefix=f"{PARAMETER}.",
+    )
     both = ["image", "label"]
     steps: list[MapTransform] = []
     flip = _prob(settings, "flip_prob")

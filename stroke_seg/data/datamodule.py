@@ -1,6 +1,6 @@
 """The LightningDataModule: discovered cases -> cached volumes -> stage-sized crops.
 
-Training follows the paper (Sec. 2.3, Table 1; REFERENCE_NOTES "Optimisation"): one epoch
+Training follows the paper (Sec. 2.3, Table 1; docs/paper.md "Optimisation"): one epoch
 is one random crop from each training scan, the crop size comes from the training stage
 (128³ zoom-in, 144×172×168 zoom-out at 1 mm), crop positions are uniform anywhere in the
 volume, and intensities are divided by 255. Foreground-biased crops are an option
@@ -9,28 +9,28 @@ volume, and intensities are divided by 255. Foreground-biased crops are an optio
 the paper's evaluation input: the centre crop, scored as if every voxel outside it were
 predicted negative.
 
-Volumes are loaded once and kept in memory with MONAI's `CacheDataset` (the reference code
-re-read every NIfTI for every sample; `python -m stroke_seg.bench` measures the difference).
+This module only composes; the pieces live beside it, as in MONAI's own layout:
+`stroke_seg.data.transforms` (loading a case, lesion indices, intensity scaling),
+`stroke_seg.data.dataset` (the cache, seeded per crop), `stroke_seg.data.samplers` (epoch
+keys, DDP shards), `stroke_seg.data.splits` (which subjects go where) and
+`stroke_seg.data.augment` (the optional augmentation).
 
 Cross-validation: ``fold=K`` with ``n_folds`` re-cuts the training + validation subjects of
 the split into ``n_folds`` reproducible chunks and validates on chunk K; the test subjects
 never move (`stroke_seg.data.splits.fold_split`).
 
-Under DDP (``trainer=ddp``) each process draws its own share of every epoch's crops
-(`EpochSampler`) and validates its own share of the validation scans (`ShardSampler`); both
-are `DistributedSampler` subclasses, so Lightning uses them as they are.
+Errors name this class's parameters (``sampling='middle' is not known``); the training task
+puts them under ``data.`` (`stroke_seg.errors.config_section`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from monai.data import CacheDataset, DataLoader
@@ -40,171 +40,25 @@ from monai.transforms import (
     DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
-    MapTransform,
     OneOf,
     RandCropByPosNegLabeld,
     RandSpatialCropSamplesd,
-    ScaleIntensityRanged,
-    ScaleIntensityRangePercentilesd,
     SpatialPadd,
 )
-from torch.utils.data import DistributedSampler
 
 from stroke_seg.data.augment import augmentation_transforms
-from stroke_seg.data.discovery import Case, discover
-from stroke_seg.data.io import load_case, spacing_of
-from stroke_seg.data.splits import (
-    PAPER_SPLIT,
-    check_split,
-    fold_split,
-    load_split,
-    make_split,
-    save_split,
-)
-from stroke_seg.errors import StrokeSegError, user_error_in
+from stroke_seg.data.dataset import EpochSeededCacheDataset
+from stroke_seg.data.discovery import discover
+from stroke_seg.data.io import Case, spacing_of
+from stroke_seg.data.preprocessing import INTENSITY_MODES, Preprocessing
+from stroke_seg.data.samplers import EpochSampler, ShardSampler
+from stroke_seg.data.splits import PAPER_SPLIT, resolve_split, save_split
+from stroke_seg.data.transforms import ForegroundIndicesd, LoadCased, intensity_transform
+from stroke_seg.errors import check_choice, check_range, user_error_in
 
 log = logging.getLogger(__name__)
 
-
-class LoadCased(MapTransform):
-    """Load a `Case` into image/label arrays (merging several masks, checking grids).
-
-    Written by hand because MONAI's `LoadImaged` maps one file to one key and does not
-    check that an image and its masks share a grid; see `stroke_seg.data.io`.
-    """
-
-    def __init__(self, mask_threshold: float | None = None) -> None:
-        super().__init__(keys=["case"])
-        self.mask_threshold = mask_threshold
-
-    def __call__(self, data: dict) -> dict:
-        loaded = load_case(data["case"], self.mask_threshold)
-        return {
-            "subject": loaded["subject"],
-            "image": loaded["image"],
-            "label": loaded["label"],
-            # Lesion voxels of the whole scan: validation scores a centre crop as if the
-            # rest of the volume were predicted negative (paper Sec. 2.4).
-            "label_total": float(loaded["label"].sum()),
-            "spacing": torch.tensor(loaded["spacing"]),
-        }
-
-
-class ForegroundIndicesd(MapTransform):
-    """Cache the flat indices of lesion voxels so foreground-biased cropping is cheap.
-
-    MONAI's `FgBgToIndicesd` also stores every background index (~8 M int64 per 1 mm scan,
-    64 MB each), which would not fit in memory for a cached ATLAS training set.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(keys=["label"])
-
-    def __call__(self, data: dict) -> dict:
-        out = dict(data)
-        label = np.asarray(data["label"])
-        out["fg_indices"] = np.flatnonzero(label.ravel())
-        # Never drawn while lesions exist (neg=0), but MONAI needs a non-empty list: the
-        # volume centre is where a scan without lesion voxels gets its crop.
-        out["bg_indices"] = np.array([label.size // 2], dtype=np.int64)
-        return out
-
-
-class EpochSampler(DistributedSampler):
-    """Shuffles the training scans anew each epoch from (seed, epoch) alone and yields
-    ``(epoch, index)`` keys, so that every crop is drawn from (seed, epoch, index) too.
-
-    A run resumed at an epoch boundary therefore sees exactly the crops the uninterrupted
-    run would have seen, with any number of data-loader workers. Lightning calls
-    ``set_epoch`` at the start of every epoch.
-
-    With ``num_replicas`` processes (DDP), process ``rank`` takes every ``num_replicas``-th
-    key of the epoch's permutation, which is padded by wrapping around (as
-    `DistributedSampler`) so that every process makes the same number of steps; a padded
-    repeat of a scan gets the key ``(epoch, index, repeat)`` and so a crop of its own. One
-    epoch is still one crop per training scan, ``num_replicas`` crops per optimiser step.
-    Being a `DistributedSampler`, it is used by Lightning as it is, instead of being wrapped
-    in Lightning's `DistributedSamplerWrapper`, whose padding would repeat keys (the same
-    crop twice in an epoch).
-    """
-
-    def __init__(self, n: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
-        super().__init__(
-            range(n),
-            num_replicas=num_replicas,
-            rank=rank,
-            shuffle=True,
-            seed=int(seed),
-            drop_last=False,
-        )
-        self.n, self.seed, self.epoch = n, int(seed), 0
-        self.num_samples = math.ceil(n / num_replicas) if n else 0
-        self.total_size = self.num_samples * num_replicas
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[tuple[int, ...]]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-        keys: list[tuple[int, ...]] = []
-        for position in range(self.rank, self.total_size, self.num_replicas):
-            index, repeat = int(order[position % self.n]), position // self.n
-            keys.append((self.epoch, index) if repeat == 0 else (self.epoch, index, repeat))
-        return iter(keys)
-
-
-class ShardSampler(DistributedSampler):
-    """Validation scans in order, split across DDP processes without padding: process
-    ``rank`` takes indices ``rank, rank + num_replicas, ...``. With fewer scans than
-    processes every process validates all of them (repeats leave the mean unchanged).
-    Padding, as `DistributedSampler` does, would count some scans twice in val/dsc."""
-
-    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0) -> None:
-        super().__init__(
-            range(n), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False
-        )
-        self.n = n
-        self.indices = list(range(n)) if n < num_replicas else list(range(rank, n, num_replicas))
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-
-class EpochSeededCacheDataset(CacheDataset):
-    """`CacheDataset` whose random transforms are re-seeded from (seed, epoch, index) for
-    every ``(epoch, index)`` key, or (seed, epoch, index, repeat) for an
-    ``(epoch, index, repeat)`` key (see `EpochSampler`); integer keys behave as usual."""
-
-    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.seed = int(seed)
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, tuple):
-            epoch, index, *repeat = key
-            entropy = [self.seed, epoch, index, *repeat]
-            sub_seed = np.random.SeedSequence(entropy).generate_state(1)[0]
-            self.transform.set_random_state(seed=int(sub_seed))
-            key = index
-        return super().__getitem__(key)
-
-
-def intensity_transform(mode: str, divisor: float) -> MapTransform:
-    """``divide``: x / divisor (the paper's /255 for ATLAS R1.2's 0-255 MNI images);
-    ``percentile``: 0.5-99.5 percentile range to 0-1, for data without a fixed range."""
-    if mode == "divide":
-        return ScaleIntensityRanged("image", a_min=0.0, a_max=divisor, b_min=0.0, b_max=1.0)
-    if mode == "percentile":
-        return ScaleIntensityRangePercentilesd(
-            "image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, relative=False
-        )
-    raise StrokeSegError(f"data.intensity_mode={mode!r} is not known; use divide or percentile.")
+SAMPLINGS = ("uniform", "foreground")
 
 
 class StrokeDataModule(pl.LightningDataModule):
@@ -235,12 +89,9 @@ class StrokeDataModule(pl.LightningDataModule):
         augmentation: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if sampling not in ("uniform", "foreground"):
-            raise StrokeSegError(
-                f"data.sampling={sampling!r} is not known; use uniform or foreground."
-            )
-        if not 0.0 <= foreground_prob <= 1.0:
-            raise StrokeSegError(f"data.foreground_prob={foreground_prob} must lie in [0, 1].")
+        check_choice("sampling", sampling, SAMPLINGS)
+        check_range("foreground_prob", foreground_prob, 0.0, 1.0)
+        check_choice("intensity_mode", intensity_mode, INTENSITY_MODES)
         self.root = root
         self.layout = layout
         self.crop_size = tuple(int(s) for s in crop_size)
@@ -269,32 +120,34 @@ class StrokeDataModule(pl.LightningDataModule):
         self.val_set: CacheDataset | None = None
 
     # -- what inference needs to reproduce the training input (stored in checkpoints) --
-    def preprocessing(self) -> dict:
+    def preprocessing(self) -> Preprocessing:
         """Input scaling, crop sizes, voxel spacing (mm) and grid shape of the training scans;
-        inference resamples new scans to this spacing and scales them the same way."""
+        inference resamples new scans to this spacing and scales them the same way. The
+        checkpoint stores its `to_dict` (plain data)."""
         split = self.resolve_split()
+        # The header is enough: spacing and shape without reading the voxels.
         first = nib.load(str(self.cases[split["train"][0]].image))
-        return {
-            "intensity_mode": self.intensity_mode,
-            "intensity_divisor": float(self.intensity_divisor),
-            "crop_size": list(self.crop_size),
-            "eval_crop": list(self.eval_crop),
-            "spacing": [float(v) for v in spacing_of(first.affine)],
-            "grid_shape": [int(v) for v in first.shape[:3]],
-        }
+        return Preprocessing(
+            intensity_mode=self.intensity_mode,
+            intensity_divisor=self.intensity_divisor,
+            crop_size=self.crop_size,
+            eval_crop=self.eval_crop,
+            spacing=spacing_of(first.affine),
+            grid_shape=first.shape[:3],
+        )
 
     def resolve_split(self) -> dict[str, list[str]]:
         """Discover the cases and read or generate the split (idempotent)."""
         if not self.split:
             self.cases = {c.subject: c for c in discover(self.root, self.layout)}
-            if self.split_file:
-                split = load_split(self.split_file, list(self.cases))
-            else:
-                split = make_split(list(self.cases), self.split_seed, self.split_proportions)
-                check_split(split, list(self.cases))
-            if self.fold is not None:
-                split = fold_split(split, self.fold, self.n_folds, self.split_seed)
-            self.split = split
+            self.split = resolve_split(
+                list(self.cases),
+                self.split_file,
+                self.split_seed,
+                self.split_proportions,
+                fold=self.fold,
+                n_folds=self.n_folds,
+            )
         return self.split
 
     def setup(self, stage: str | None = None) -> None:

@@ -7,34 +7,35 @@
 - ATLAS R1.2 (the release the paper used): ``SiteN/<id>/t01/<id>_t1w_deface_stx.nii.gz`` with
   one or more ``<id>_LesionSmooth*_stx.nii.gz`` masks, merged later by voxel-wise maximum.
 
+A subject with several scans (R1.2 time points ``t01``, ``t02``; v2.0 sessions) gets one
+scan ID per scan, the subject ID plus ``_tNN`` or ``_ses-Y``, and every scan of it the same
+`Case.group` (`stroke_seg.data.splits.subject_group`), so that splits keep them together.
+A subject with one scan keeps its plain ID, as before.
+
 Discovery only looks at file names; loading and checking happen in `stroke_seg.data.io`.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from stroke_seg.errors import StrokeSegError
-from stroke_seg.validation import check_unique_subjects
+from stroke_seg.data.checks import check_unique_subjects
+from stroke_seg.data.io import Case
+from stroke_seg.data.splits import subject_group
+from stroke_seg.errors import StrokeSegError, check_choice, option_error
 
+# Said with a missing or empty root. The command names the config group and key because it
+# is the one way to read data that needs no agreement; everything else names `root`.
 ATLAS_HELP = (
     "ATLAS needs a data-use agreement "
     "(https://fcon_1000.projects.nitrc.org/indi/retro/atlas.html); "
-    "download it and point data.root at the folder, or make the synthetic set with "
-    "`python -m stroke_seg.data.synthetic --out DIR` and use data=synthetic data.root=DIR"
+    "download it and pass its folder as root, or make the synthetic set with "
+    "`python -m stroke_seg.data.synthetic out=DIR` and train with data=synthetic "
+    "data.root=DIR"
 )
-
-
-@dataclass(frozen=True)
-class Case:
-    """One scan: a subject ID, its T1 image and one or more lesion mask files."""
-
-    subject: str
-    image: Path
-    masks: tuple[Path, ...]
 
 
 _V2_T1 = re.compile(
@@ -42,11 +43,14 @@ _V2_T1 = re.compile(
 )
 
 
+_TIME_POINT = re.compile(r"^t\d+$")  # R1.2 time-point folders: t01, t02, ...
+
+
 def discover_atlas_v2(root: str | Path) -> list[Case]:
     """Pairs in the ATLAS v2.0 BIDS layout (also the synthetic set's layout).
 
-    The subject ID is ``sub-...`` plus ``_ses-...`` when a subject has more than one session,
-    so that IDs stay unique.
+    The scan ID is ``sub-...`` plus ``_ses-...`` when a subject has more than one session,
+    so that IDs stay unique; the group is ``sub-...``.
     """
     root = _existing_root(root)
     found: list[tuple[str, str, Path]] = []
@@ -66,23 +70,36 @@ def discover_atlas_v2(root: str | Path) -> list[Case]:
     for subject, session, image in found:
         sid = subject if sessions[subject] == 1 else f"{subject}_ses-{session}"
         mask = image.with_name(image.name.replace("_T1w.nii", "_label-L_desc-T1lesion_mask.nii"))
-        cases.append(Case(sid, image, (mask,)))
+        cases.append(Case(sid, image, (mask,), group=subject))
     return _checked(cases, root, "ATLAS v2.0 / synthetic (BIDS)")
 
 
 def discover_atlas_r12(root: str | Path) -> list[Case]:
-    """Pairs in the ATLAS R1.2 layout; several ``LesionSmooth`` masks of a subject are kept
-    together and merged by voxel-wise maximum when loaded (REFERENCE_NOTES, Data)."""
+    """Pairs in the ATLAS R1.2 layout; several ``LesionSmooth`` masks of a scan are kept
+    together and merged by voxel-wise maximum when loaded (docs/paper.md "Data").
+
+    The scan ID is the file name's ``<id>``; when several time-point folders (``t01``,
+    ``t02``, ...) hold a scan of one ``<id>``, each scan's ID is ``<id>_<time point>`` and
+    all share the group ``<id>``.
+    """
     root = _existing_root(root)
-    cases = []
+    found = []
     for image in sorted(root.rglob("*_t1w_deface_stx.nii*")):
-        sid = image.name.split("_t1w_deface_stx")[0]
-        masks = tuple(sorted(image.parent.glob(f"{sid}_LesionSmooth*_stx.nii*")))
+        prefix = image.name.split("_t1w_deface_stx")[0]
+        masks = tuple(sorted(image.parent.glob(f"{prefix}_LesionSmooth*_stx.nii*")))
         if not masks:
-            raise StrokeSegError(
-                f"{image} has no lesion mask beside it: expected {sid}_LesionSmooth*_stx.nii.gz."
-            )
-        cases.append(Case(sid, image, masks))
+            expected = f"{prefix}_LesionSmooth*_stx.nii.gz"
+            raise StrokeSegError(f"{image} has no lesion mask beside it: expected {expected}.")
+        found.append((prefix, image, masks))
+    # How many time points each <id> has; a folder that is not one counts as its own.
+    time_points = Counter(prefix for prefix, _ in {(p, i.parent.name) for p, i, _ in found})
+    cases = []
+    for prefix, image, masks in found:
+        sid = prefix
+        if time_points[prefix] > 1 and _TIME_POINT.match(image.parent.name):
+            sid = f"{prefix}_{image.parent.name}"
+        # Anything else that repeats an ID (two sites' 000007/t01) is refused by _checked.
+        cases.append(Case(sid, image, masks, group=subject_group(sid)))
     return _checked(cases, root, "ATLAS R1.2")
 
 
@@ -94,25 +111,22 @@ LAYOUTS: dict[str, Callable[[str | Path], list[Case]]] = {
 
 
 def discover(root: str | Path, layout: str) -> list[Case]:
-    """Dispatch on ``data.layout``."""
-    if layout not in LAYOUTS:
-        raise StrokeSegError(
-            f"data.layout={layout!r} is not known; use one of {', '.join(sorted(LAYOUTS))}."
-        )
+    """The cases under `root` in `layout` (one of `LAYOUTS`), sorted by subject ID."""
+    check_choice("layout", layout, sorted(LAYOUTS))
     return LAYOUTS[layout](root)
 
 
 def _existing_root(root: str | Path) -> Path:
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise StrokeSegError(f"data.root {path} does not exist. {ATLAS_HELP}.")
+        raise option_error("root", str(path), f"does not exist. {ATLAS_HELP}.")
     return path
 
 
 def _checked(cases: list[Case], root: Path, layout: str) -> list[Case]:
     if not cases:
-        raise StrokeSegError(
-            f"data.root {root} holds no scans in the {layout} layout. {ATLAS_HELP}."
+        raise option_error(
+            "root", str(root), f"holds no scans in the {layout} layout. {ATLAS_HELP}."
         )
     check_unique_subjects(((c.subject, c.image) for c in cases), root)
     return sorted(cases, key=lambda c: c.subject)

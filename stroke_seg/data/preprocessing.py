@@ -57,9 +57,15 @@ class Preprocessing:
             set_(self, "grid_shape", tuple(int(v) for v in self.grid_shape))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (str, float, lists) for a checkpoint's hyper-parameters."""
+        """Plain data (str, float, lists) for a checkpoint's hyper-parameters. An optional
+        field that is unset is left out, as in the checkpoints written before it existed,
+        so that re-writing an old model (``export``) does not change what it records."""
         out = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items() if v is not None}
+
+    def __str__(self) -> str:
+        # Reports and messages show the contract as the checkpoint holds it.
+        return str(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "the checkpoint") -> Preprocessing:

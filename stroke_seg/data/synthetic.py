@@ -9,7 +9,7 @@ depends on nothing but ``(seed, index)``:
 
 1. **Lesion(s)** in template space. The total size is drawn from a log-normal distribution
    truncated to the ATLAS v2.0 range, 10 mm^3 to 2.8x10^5 mm^3, with median 4000 mm^3
-   (REFERENCE_NOTES, Data). The vascular territory depends on the size: small lesions are
+   (docs/paper.md "Data"). The vascular territory depends on the size: small lesions are
    mostly deep/lacunar (basal ganglia, internal capsule, thalamus, corona radiata), medium
    and large ones mostly in the middle cerebral artery (MCA) territory, some in the posterior
    (PCA) and anterior (ACA) territories; one hemisphere per subject. The shape is a
@@ -41,7 +41,7 @@ generated there directly. All random fields are defined in millimetres and the l
 are drawn from a fixed 2 mm candidate list, so the same ``(seed, index)`` gives the same
 subject at 1 mm and 2 mm up to resampling.
 
-**Domain randomisation** (``randomise=True``, ``--randomise``; off by default, not in the
+**Domain randomisation** (``randomise=true``; off by default, not in the
 paper), in the spirit of SynthSeg (Billot et al. 2023): per subject, a random tissue contrast
 (CSF, GM and WM levels of the template each scaled by a factor in 0.6-1.4, mapped
 piecewise-linearly, so contrasts shrink and can partly invert), lesion cores from 0.7x to 2.2x
@@ -60,26 +60,32 @@ subject index ``i`` is subject ``i % 50 + 1`` of site ``R{i // 50 + 1:03d}``), p
 
 CLI::
 
-    python -m stroke_seg.data.synthetic --out data/synthetic_2mm --n 40 --seed 0 --spacing 2
-    python -m stroke_seg.data.synthetic --out data/dr_2mm --n 30 --seed 2 --spacing 2 --randomise
+    python -m stroke_seg.data.synthetic out=data/synthetic_2mm n=40 seed=0 spacing=2
+    python -m stroke_seg.data.synthetic out=data/dr_2mm n=30 seed=2 spacing=2 randomise=true
+
+(a Hydra command, conf/synthetic.yaml; ``overwrite=true`` writes into a foreign folder,
+``quiet=true`` hides the progress bar, ``randomise=true`` the domain randomisation).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
-import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import hydra
 import nibabel as nib
 import numpy as np
+from omegaconf import DictConfig
 from scipy import ndimage, special
 
+from stroke_seg.atomic import atomic_path, write_json
+from stroke_seg.config import config_path
 from stroke_seg.errors import StrokeSegError, exit_on_user_error
 
 GENERATOR = "stroke_seg.data.synthetic"
@@ -282,6 +288,49 @@ def sample_lesion_volumes(n: int, seed: int = 0) -> np.ndarray:
     return np.array([sample_lesion_volume(rng) for _ in range(n)])
 
 
+def equivalent_radius(volume_mm3: float) -> float:
+    """Radius (mm) of the sphere of ``volume_mm3``: the size scale of a lesion's shape."""
+    return float((3.0 * volume_mm3 / (4.0 * np.pi)) ** (1 / 3))
+
+
+def ellipsoid_d2(
+    grids: Sequence[np.ndarray],
+    centre: Sequence[float],
+    axes: Sequence[float],
+    rotation: np.ndarray | None = None,
+) -> np.ndarray:
+    """Squared normalised distance of every grid point from ``centre``: at most 1 inside the
+    ellipsoid with semi-axes ``axes`` (in the units of ``grids``, one broadcastable array
+    per axis, e.g. from ``np.ogrid`` or a sparse ``np.meshgrid``). ``rotation``'s columns are
+    the ellipsoid's axes in grid coordinates; None keeps them along the grid axes.
+
+    The lesion shape's distance field (`_draw_lesion`) and the benchmark's ellipsoid masks
+    (`ellipsoid_mask`) both come from here."""
+    rel = [g - c for g, c in zip(grids, centre, strict=True)]
+    d2 = 0.0
+    for k in range(3):
+        if rotation is None:
+            comp = rel[k]
+        else:
+            comp = rotation[0, k] * rel[0] + rotation[1, k] * rel[1] + rotation[2, k] * rel[2]
+        d2 = d2 + (comp / axes[k]) ** 2
+    return d2
+
+
+def ellipsoid_mask(
+    shape: Sequence[int], centre: Sequence[float], radii: Sequence[float]
+) -> np.ndarray:
+    """Boolean mask of the axis-aligned ellipsoid (centre and semi-axes in voxels) on a grid
+    of ``shape``, computed only inside its bounding box."""
+    centre, radii = np.asarray(centre, dtype=np.float64), np.asarray(radii, dtype=np.float64)
+    lo = np.maximum(np.floor(centre - radii).astype(int), 0)
+    hi = np.minimum(np.ceil(centre + radii).astype(int) + 1, shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    mask = np.zeros(tuple(shape), dtype=bool)
+    mask[box] = ellipsoid_d2(np.ogrid[box], centre, radii) <= 1
+    return mask
+
+
 def _pick_territory(rng: np.random.Generator, volume: float) -> str:
     for bound, probs in _TERRITORY_BY_SIZE:
         if volume < bound:
@@ -322,7 +371,7 @@ def _draw_lesion(
     rng: np.random.Generator, tpl: _Template, plan: _LesionPlan, side: int
 ) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray]:
     """Cavity fraction f, gliosis weight g and core texture in a box around the lesion."""
-    r = float((3.0 * plan.volume / (4.0 * np.pi)) ** (1 / 3))
+    r = equivalent_radius(plan.volume)
     step = max(0.6 * r, 3.0)
     half = 1.6 * r * float(plan.axes.max()) + 2.0 * plan.noise_amp * r + plan.rim_mm + 8.0
     lo, hi = plan.seed_mm - half, plan.seed_mm + half
@@ -339,12 +388,7 @@ def _draw_lesion(
     texture = _smooth_field(rng, coords, lo, hi, 4.0)  # type: ignore[arg-type]
 
     x, y, z = np.meshgrid(*coords, indexing="ij", sparse=True)
-    rel = [x - plan.seed_mm[0], y - plan.seed_mm[1], z - plan.seed_mm[2]]
-    rot = plan.rotation
-    d2 = 0.0
-    for k in range(3):
-        comp = rot[0, k] * rel[0] + rot[1, k] * rel[1] + rot[2, k] * rel[2]
-        d2 = d2 + (comp / plan.axes[k]) ** 2
+    d2 = ellipsoid_d2((x, y, z), plan.seed_mm, plan.axes, plan.rotation)
     field = 1.0 - np.sqrt(d2) / r + plan.noise_amp * noise
     centre, radii = TERRITORIES[plan.territory]
     c = np.array(centre) * np.array([-side, 1, 1])
@@ -707,20 +751,12 @@ def _save_atomic(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
     img.header.set_xyzt_units("mm")
     img.set_sform(affine, code=4)  # MNI152
     img.set_qform(affine, code=4)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:  # nibabel picks the format by name
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json(path, obj, indent=1)
 
 
 def _summary(subjects: list[dict]) -> dict:
@@ -835,13 +871,13 @@ def generate_dataset(
     seed = int(seed)
     n = int(n_subjects)
     if out.exists() and not out.is_dir():
-        raise StrokeSegError(f"{out} exists and is not a folder; choose another --out.")
+        raise StrokeSegError(f"{out} exists and is not a folder; choose another output folder.")
     old = _read_manifest(out) if out.is_dir() else None
     if out.is_dir() and any(out.iterdir()) and old is None and not overwrite:
         raise StrokeSegError(
             f"{out} is not empty and holds no synthetic data set (no dataset.json from "
-            f"{GENERATOR}); choose a new or empty folder, or pass --overwrite to write into "
-            "it anyway."
+            f"{GENERATOR}); choose a new or empty folder, or set overwrite=true to write "
+            "into it anyway."
         )
     same = (
         old is not None
@@ -894,58 +930,68 @@ def generate_dataset(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m stroke_seg.data.synthetic --out DIR [--n 40] [--seed 0] [--spacing 1]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m stroke_seg.data.synthetic",
-        description="Write a synthetic chronic-stroke T1 data set (ATLAS v2.0 BIDS layout) "
-        "built on nilearn's MNI152 2009a template.",
+def _whole(key: str, value: object, minimum: int | None = None) -> int:
+    """``value`` as an int (at least `minimum`), or one sentence naming the command's key."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number.is_integer():
+        raise StrokeSegError(f"{key}={value!r} is not a whole number; pass e.g. {key}=40.")
+    if minimum is not None and number < minimum:
+        raise StrokeSegError(f"{key}={int(number)} is too small; use at least {minimum}.")
+    return int(number)
+
+
+def run(cfg: DictConfig) -> Path:
+    """Write the data set that ``cfg`` (conf/synthetic.yaml) asks for and print one summary
+    line; returns the folder."""
+    if not cfg.get("out"):
+        raise StrokeSegError(
+            "out= is not set; name the folder to write, e.g. out=data/synthetic_2mm."
+        )
+    try:
+        spacing = float(cfg.spacing)
+    except (TypeError, ValueError):
+        raise StrokeSegError(
+            f"spacing={cfg.spacing!r} is not a number; use a value from 1 to 4 (mm)."
+        ) from None
+    n, seed = _whole("n", cfg.n, minimum=1), _whole("seed", cfg.seed)
+    start = time.perf_counter()
+    out = generate_dataset(
+        cfg.out,
+        n,
+        seed=seed,
+        spacing=spacing,
+        overwrite=bool(cfg.overwrite),
+        progress=not cfg.quiet,
+        randomise=bool(cfg.randomise),
     )
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--n", type=int, default=40, help="number of subjects (default 40)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument(
-        "--spacing", type=float, default=1.0, help="voxel size in mm, 1 (ATLAS grid) to 4"
+    elapsed = time.perf_counter() - start
+    manifest = _read_manifest(out) or {}
+    vol = manifest.get("summary", {}).get("lesion_volume_mm3", {})
+    n_sec = sum(s.get("n_lesions_placed", 1) > 1 for s in manifest.get("subjects", []))
+    shape = "x".join(str(v) for v in manifest.get("shape", []))
+    print(
+        f"synthetic set: {manifest.get('n_subjects')} subjects (seed {seed}, "
+        f"{spacing:g} mm, grid {shape}) in {out} [{elapsed:.1f} s]; lesion volume "
+        f"median {vol.get('median', float('nan')):.0f} mm3 (min {vol.get('min', 0):.0f}, "
+        f"max {vol.get('max', 0):.0f}); {n_sec} with secondary lesions",
+        flush=True,
     )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="write into a non-empty folder that is not a "
-        "synthetic set (same-named files are replaced)",
-    )
-    parser.add_argument(
-        "--randomise",
-        action="store_true",
-        help="domain randomisation: random tissue and lesion contrasts, bias, gamma, noise, "
-        "blur (off by default)",
-    )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return out
+
+
+# A Hydra command like the others (conf/synthetic.yaml): ``main()`` reads sys.argv, so it
+# serves both ``python -m stroke_seg.data.synthetic`` and the stroke-seg-synthetic script;
+# ``main(cfg)`` runs the task on a composed config. Not `stroke_seg.cli.hydra_command`:
+# that module is an entry point, above the data layer this generator belongs to.
+@hydra.main(version_base="1.3", config_path=config_path(), config_name="synthetic")
+def main(cfg: DictConfig) -> None:
+    """``python -m stroke_seg.data.synthetic out=DIR [n=40] [seed=0] [spacing=1]``."""
     with exit_on_user_error():
-        start = time.perf_counter()
-        out = generate_dataset(
-            args.out,
-            args.n,
-            seed=args.seed,
-            spacing=args.spacing,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-            randomise=args.randomise,
-        )
-        elapsed = time.perf_counter() - start
-        manifest = _read_manifest(out) or {}
-        vol = manifest.get("summary", {}).get("lesion_volume_mm3", {})
-        n_sec = sum(s.get("n_lesions_placed", 1) > 1 for s in manifest.get("subjects", []))
-        shape = "x".join(str(v) for v in manifest.get("shape", []))
-        print(
-            f"synthetic set: {manifest.get('n_subjects')} subjects (seed {args.seed}, "
-            f"{args.spacing:g} mm, grid {shape}) in {out} [{elapsed:.1f} s]; lesion volume "
-            f"median {vol.get('median', float('nan')):.0f} mm3 (min {vol.get('min', 0):.0f}, "
-            f"max {vol.get('max', 0):.0f}); {n_sec} with secondary lesions",
-            flush=True,
-        )
-    return 0
+        run(cfg)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -3,7 +3,7 @@
 The paper describes the network only as a figure (Fig. 1: residual blocks, down-sampling
 blocks, up-sampling blocks, GroupNorm inside the residual block) and defers the details to
 an appendix that is not available. The structure below follows the facts collected in
-``shared/paper/REFERENCE_NOTES.md`` (section "Model"), which were read from the authors'
+``docs/paper.md`` (section "Network"), which were read from the authors'
 public code:
 
 * 4 resolution levels with widths 32, 64, 128, 256 (full, 1/2, 1/4, 1/8 resolution);
@@ -18,7 +18,7 @@ public code:
 
 With these readings the paper preset has 18,524,609 parameters (18,438,561 with the
 original's parameter-free zero-pad/truncate shortcut instead of our 1x1x1 projections),
-matching the notes' "about 18.4 M". Dropping the two bottleneck blocks gives 11.4 M and
+matching docs/paper.md's "about 18.4 M". Dropping the two bottleneck blocks gives 11.4 M and
 keeping only one gives 15.0 M, so the "two more" blocks are extra blocks, not the encoder's.
 
 The paper calls this a "52-layer" model; no way of counting the layers of this structure
@@ -36,14 +36,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from stroke_seg.errors import option_error
+
 __all__ = ["ResidualBlock3D", "ResUNet3D"]
 
 
 def _check_groups(channels: int, groups: int, what: str) -> None:
     if channels % groups != 0:
-        raise ValueError(
-            f"model.groups={groups} must divide every width in model.widths, "
-            f"but {what} has {channels} channels"
+        raise option_error(
+            "groups", groups, f"must divide every width, but {what} has {channels} channels."
         )
 
 
@@ -123,7 +124,7 @@ class ResUNet3D(nn.Module):
 
     Input sizes need not be divisible by ``2 ** (levels - 1)``: max-pooling floors odd
     sizes, and when an up-sampled map is then smaller than its skip it is resized
-    trilinearly to the skip's size, as the original code does (the notes: 172 is not
+    trilinearly to the skip's size, as the original code does (docs/paper.md "Network": 172 is not
     divisible by 8, so the 144x172x168 crop hits this case).
 
     The constructor takes plain data only, so Lightning's ``save_hyperparameters`` and Hydra
@@ -141,25 +142,27 @@ class ResUNet3D(nn.Module):
     ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
+        # Errors name this constructor's parameters (groups=8); the training task puts them
+        # under the config section (model.groups=8).
         if len(widths) < 2:
-            raise ValueError(
-                f"model.widths={list(widths)} must list at least 2 levels (full resolution "
-                "first), e.g. [32, 64, 128, 256]"
+            raise option_error(
+                "widths",
+                list(widths),
+                "must list at least 2 levels (full resolution first), e.g. [32, 64, 128, 256].",
             )
         if any(w <= 0 for w in widths):
-            raise ValueError(f"model.widths={list(widths)} must all be positive")
+            raise option_error("widths", list(widths), "must all be positive.")
         if int(groups) <= 0:
-            raise ValueError(f"model.groups={groups} must be a positive integer")
-        if in_channels <= 0 or out_channels <= 0:
-            raise ValueError(
-                f"model.in_channels={in_channels} and model.out_channels={out_channels} "
-                "must be positive"
-            )
+            raise option_error("groups", groups, "must be a positive integer.")
+        for key, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if value <= 0:
+                raise option_error(key, value, "must be positive.")
         bad = [w for w in widths if w % groups != 0]
         if bad:
-            raise ValueError(
-                f"model.groups={groups} must divide every width in model.widths={list(widths)}; "
-                f"it does not divide {bad}"
+            raise option_error(
+                "groups",
+                groups,
+                f"must divide every width in widths={list(widths)}; it does not divide {bad}.",
             )
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
@@ -181,7 +184,7 @@ class ResUNet3D(nn.Module):
             )
             for i in range(1, len(widths))
         )
-        # two extra blocks at the deepest level (notes: "two more residual blocks at 256")
+        # two extra blocks at the deepest level (docs/paper.md "Network")
         self.bottleneck = nn.ModuleList(
             [ResidualBlock3D(widths[-1], widths[-1], g), ResidualBlock3D(widths[-1], widths[-1], g)]
         )
@@ -214,17 +217,18 @@ class ResUNet3D(nn.Module):
     def from_config(cls, cfg: Mapping[str, Any]) -> ResUNet3D:
         """Build from a config mapping with (a subset of) the constructor's keys.
 
-        Unknown keys (e.g. Hydra's ``_target_`` or a ``name``) are rejected with a
-        ValueError naming them, so a typo in ``model.widhts`` does not silently fall back to
-        the default.
+        Unknown keys (other than Hydra's ``_target_`` and a ``name``) are refused with an
+        error naming the first, so a typo in ``widhts`` does not silently fall back to the
+        default.
         """
         known = {"in_channels", "out_channels", "widths", "groups", "checkpointing"}
         known.add("deep_supervision")
         unknown = sorted(set(cfg) - known - {"_target_", "name"})
         if unknown:
-            raise ValueError(
-                f"unknown model config key(s) {['model.' + k for k in unknown]}; "
-                f"expected some of {sorted(known)}"
+            raise option_error(
+                unknown[0],
+                cfg[unknown[0]],
+                f"is not a network option; use some of {', '.join(sorted(known))}.",
             )
         kwargs = {k: cfg[k] for k in known if k in cfg}
         if "widths" in kwargs:
@@ -232,15 +236,21 @@ class ResUNet3D(nn.Module):
         return cls(**kwargs)
 
     def _init_weights(self) -> None:
-        """Kaiming-normal convolutions (notes), zero biases, GroupNorm weight 1 bias 0.
+        """Kaiming-normal convolutions (docs/paper.md), zero biases, GroupNorm weight 1 bias 0.
 
         Hidden convolutions feed ReLUs, so they use He init (``fan_out``, gain for ReLU, as
         torchvision's ResNets). The head feeds a sigmoid, not a ReLU, so it uses Kaiming
-        normal with linear gain over ``fan_in`` (std 1/sqrt(C)). Measured at paper widths on
-        a 32^3 random input: initial logit std 1.1 this way, 8.8 with the ReLU gain over
-        ``fan_out`` (fan-out 1), which would start training with saturated sigmoids and a
-        very large BCE term. Deep-supervision heads are initialised like the head, in the
-        constructor after this.
+        normal with linear gain over ``fan_in`` = C = 32: std 1/sqrt(32) = 0.177.
+
+        The reference code's head is a ``ConvTranspose3d`` (kernel 1) with the same fan-out
+        ReLU init. PyTorch reads a transposed convolution's weight as (in, out, k...), so its
+        "fan_out" there is the 32 input channels: std sqrt(2/32) = 0.25, sqrt(2) times ours.
+        Only on our ``Conv3d`` head would that rule see fan-out 1 and give std sqrt(2) = 1.41.
+        Initial logit std at paper widths on a 32^3 random input (mean over 200 head draws on
+        the same features): 1.13 with ours, 1.58 with the reference's 0.25, 9.0 with 1.41.
+        So the linear gain is our choice, not a fix: the reference started unsaturated too,
+        with logits sqrt(2) wider; both presets here share this init.
+        Deep-supervision heads are initialised like the head, in the constructor after this.
         """
         for m in self.modules():
             if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
