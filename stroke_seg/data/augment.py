@@ -160,7 +160,7 @@ def augmentation_transforms(settings: Mapping[str, Any] | None) -> list[MapTrans
     if bias:
         coeff = float(settings["bias_coeff"])
         if not 0.0 < coeff <= 1.0:
-            raise StrokeSegError(f"data.augmentation.bias_coeff={coeff} must lie in (0, 1].")
+            raise option_error(f"{PARAMETER}.bias_coeff", coeff, "must lie in (0, 1].")
         # exp of a degree-3 Legendre polynomial field with coefficients in [0, bias_coeff]
         appearance.append(RandBiasFieldd("image", degree=3, coeff_range=(0.0, coeff), prob=bias))
     blur = _prob(settings, "blur_prob")
@@ -173,9 +173,11 @@ def augmentation_transforms(settings: Mapping[str, Any] | None) -> list[MapTrans
     if lowres:
         low, high = _range(settings, "lowres_zoom")
         if high > 1.0:
-            raise StrokeSegError(
-                f"data.augmentation.lowres_zoom=[{low}, {high}] must lie in (0, 1] "
-                "(the factor the crop is down-sampled by before it is up-sampled back)."
+            raise option_error(
+                f"{PARAMETER}.lowres_zoom",
+                [low, high],
+                "must lie in (0, 1] (the factor the crop is down-sampled by before it is "
+                "up-sampled back).",
             )
         appearance.append(RandSimulateLowResolutiond("image", prob=lowres, zoom_range=(low, high)))
     lesion = _prob(settings, "lesion_prob")
