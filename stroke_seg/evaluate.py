@@ -32,7 +32,7 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
-from stroke_seg.atomic import write_text
+from stroke_seg.atomic import write_json, write_text
 from stroke_seg.config import run_dir
 from stroke_seg.data.checks import binarize_mask, check_same_grid
 from stroke_seg.data.discovery import discover
@@ -43,6 +43,7 @@ from stroke_seg.inference import MODES, Predictor
 from stroke_seg.metrics import DEFAULT_CONNECTIVITY, LESION_CONNECTIVITIES, EmptyPolicy
 from stroke_seg.outputs import check_output_dir
 from stroke_seg.plotting import plot_projections
+from stroke_seg.postprocess import choose_min_lesion_mm3, chosen_value, component_stats
 from stroke_seg.scoring import Scored, empty_policy, score_row, write_results
 
 log = logging.getLogger(__name__)
@@ -487,6 +488,69 @@ def score_pairs(
     return result
 
 
+def _select(cfg: DictConfig, checkpoints: Sequence[str], split: str) -> tuple[list[Case], str]:
+    """`select_cases` with the data.* keys of `cfg`."""
+    return select_cases(
+        checkpoints,
+        root=cfg.data.root,
+        layout=cfg.data.layout,
+        split=split,
+        split_file=cfg.get("split_file"),
+        seed=int(cfg.data.split_seed),
+        proportions=tuple(cfg.data.split_proportions),
+    )
+
+
+def choose_postprocessing(
+    cfg: DictConfig,
+    predictors: Mapping[str, Predictor],
+    checkpoints: Sequence[str],
+    output: Path,
+    connectivity: int,
+) -> dict[str, dict[str, Any]]:
+    """Set each predictor's ``min_lesion_mm3`` from ``cfg.min_lesion_mm3``: a number, a
+    postprocessing.json, or ``auto``: chosen per model on the val split of data.root the
+    nnU-Net way (`stroke_seg.postprocess.choose_min_lesion_mm3`) and written to
+    ``output/postprocessing.json``. Returns {model name: record} for the report."""
+    value = cfg.get("min_lesion_mm3", 0) or 0
+    for predictor in predictors.values():
+        predictor.connectivity = connectivity
+    if str(value) != "auto":
+        records = {}
+        for name, predictor in predictors.items():
+            predictor.min_lesion_mm3 = chosen_value(value, name)
+            records[name] = {"min_lesion_mm3": predictor.min_lesion_mm3, "source": str(value)}
+        return records
+    cases, source = _select(cfg, checkpoints, split="val")
+    stats: dict[str, list] = {name: [] for name in predictors}
+    for case in tqdm(cases, desc="choose min_lesion_mm3 (val)", unit="scan"):
+        loaded = load_case(case, cfg.data.get("mask_threshold"))
+        for name, predictor in predictors.items():
+            predictor.min_lesion_mm3 = 0.0
+            result = predictor.predict(loaded["image"], loaded["affine"])
+            stats[name].append(
+                component_stats(
+                    result.mask, loaded["label"], loaded["spacing"], predictor.connectivity
+                )
+            )
+    records = {}
+    for name, predictor in predictors.items():
+        record = choose_min_lesion_mm3(stats[name])
+        record.update({"connectivity": predictor.connectivity, "chosen_on": f"val: {source}"})
+        predictor.min_lesion_mm3 = record["min_lesion_mm3"]
+        records[name] = record
+        log.info(
+            "%s: min_lesion_mm3=%g chosen on %d val scans (mean DSC %.3f, %.3f without)",
+            name,
+            record["min_lesion_mm3"],
+            record["n_scans"],
+            record["best_dsc"],
+            record["baseline_dsc"],
+        )
+    write_json(output / "postprocessing.json", records)
+    return records
+
+
 def _show(names: Sequence[str], limit: int = 5) -> str:
     more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
@@ -554,6 +618,12 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     mask_threshold = cfg.data.get("mask_threshold")
 
     if cfg.get("predictions"):
+        value = cfg.get("min_lesion_mm3", 0) or 0
+        if str(value) == "auto" or str(value).endswith(".json") or chosen_value(value) > 0:
+            raise StrokeSegError(
+                "min_lesion_mm3 post-processes predictions made here (ckpt= or models=); for "
+                "masks on disk run predict.py with min_lesion_mm3= first, or set it to 0."
+            )
         pairing, how = pair_folder_mode(cfg)
         facts = [
             ("predictions", str(cfg.predictions)),
@@ -577,15 +647,8 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         with config_section("inference"):
             predictors, prefix = _predictors(sets, cfg.inference, modes)
         all_ckpts = [p for paths in sets.values() for p in paths]
-        cases, source = select_cases(
-            all_ckpts,
-            root=cfg.data.root,
-            layout=cfg.data.layout,
-            split=str(cfg.split),
-            split_file=cfg.get("split_file"),
-            seed=int(cfg.data.split_seed),
-            proportions=tuple(cfg.data.split_proportions),
-        )
+        cases, source = _select(cfg, all_ckpts, split=str(cfg.split))
+        post = choose_postprocessing(cfg, predictors, all_ckpts, output, connectivity)
         facts = [(f"model {name}", ", ".join(paths)) for name, paths in sets.items()]
         first, inference = next(iter(predictors.values())), cfg.inference
         mode = f"{', '.join(modes)} (table5_modes)" if modes else str(inference.mode)
@@ -600,6 +663,14 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
                 f"device={first.device}",
             ),
             ("preprocessing", str(first.preprocessing)),
+            (
+                "post-processing",
+                ", ".join(
+                    f"{name}: min_lesion_mm3={rec['min_lesion_mm3']:g}"
+                    for name, rec in post.items()
+                )
+                + f" ({cfg.get('min_lesion_mm3', 0)}; {first.connectivity}-connectivity)",
+            ),
         ]
         log.info("Evaluating %d models on %d scans (%s)", len(predictors), len(cases), source)
         results = score_models(

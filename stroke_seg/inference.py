@@ -45,6 +45,7 @@ from stroke_seg.data.preprocessing import Preprocessing
 from stroke_seg.data.transforms import intensity_transform
 from stroke_seg.errors import StrokeSegError, check_choice, check_keys, check_range, option_error
 from stroke_seg.models import ResUNet3D
+from stroke_seg.postprocess import check_min_lesion_mm3, remove_small_components, structure
 
 MODES = ("auto", "centre_crop", "sliding_window")
 # The options of `Predictor`, set by the `inference` config group (conf/inference/default.yaml),
@@ -334,11 +335,22 @@ class Prediction:
     mode: str
     resampled: bool
     threshold: float = 0.5
+    # Post-processing (`stroke_seg.postprocess`; 0 = none, the paper): components smaller
+    # than this many mm³ are dropped from `mask`, on the grid of `spacing` (mm).
+    min_lesion_mm3: float = 0.0
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    connectivity: int = 6
 
     @property
     def mask(self) -> np.ndarray:
-        """The binary lesion mask (uint8): probability > threshold (paper Sec. 2.5: 0.5)."""
-        return (self.prob > self.threshold).astype(np.uint8)
+        """The binary lesion mask (uint8): probability > threshold (paper Sec. 2.5: 0.5),
+        without the components below ``min_lesion_mm3`` when that is set."""
+        mask = (self.prob > self.threshold).astype(np.uint8)
+        if self.min_lesion_mm3 > 0:
+            mask = remove_small_components(
+                mask, self.spacing, self.min_lesion_mm3, self.connectivity
+            )
+        return mask
 
 
 class Predictor:
@@ -360,6 +372,11 @@ class Predictor:
         overlap: sliding-window overlap (0.5 as nnU-Net).
         device: "auto" (CUDA if available, else CPU) or a torch device name.
         amp: float16 autocast on CUDA (ignored on CPU).
+        min_lesion_mm3: drop predicted components smaller than this (mm³, on the scan's
+            own grid) from the masks; 0 (the paper) keeps them all (`stroke_seg.postprocess`).
+            Post-processing is a task option (``min_lesion_mm3=`` of evaluate and predict),
+            not part of the ``inference`` group; its default here is the paper's "off".
+        connectivity: neighbourhood that makes voxels one component (6, 18 or 26).
     """
 
     def __init__(
@@ -371,6 +388,8 @@ class Predictor:
         overlap: float,
         device: str | torch.device | None,
         amp: bool,
+        min_lesion_mm3: float = 0.0,
+        connectivity: int = 6,
     ) -> None:
         if not models:
             raise ValueError("Predictor needs at least one model.")
@@ -384,6 +403,9 @@ class Predictor:
         self.threshold = float(first.threshold)
         self.mode, self.tta = options["mode"], options["tta"]
         self.overlap, self.amp = options["overlap"], options["amp"]
+        self.min_lesion_mm3 = check_min_lesion_mm3(min_lesion_mm3)
+        structure(connectivity)  # refuses an unknown connectivity now, not after a scan
+        self.connectivity = int(connectivity)
         self.device = resolve_device(device)
         for model in self.models:
             model.net.to(self.device).eval()
@@ -444,7 +466,7 @@ class Predictor:
         if not resampled:
             mode = self.choose_mode(tuple(scaled.shape), False)
             prob = self.predict_network_grid(scaled, mode)
-            return Prediction(prob.numpy(), mode, False, self.threshold)
+            return self._prediction(prob.numpy(), mode, False, affine)
         moved = self._regrid(MetaTensor(scaled[None], affine=torch.as_tensor(affine)))
         volume = convert_to_tensor(moved, dtype=torch.float32, track_meta=False)[0]
         mode = self.choose_mode(tuple(volume.shape), True)
@@ -455,4 +477,17 @@ class Predictor:
         out = convert_to_tensor(back, dtype=torch.float32, track_meta=False)[0].numpy()
         if out.shape != tuple(image.shape):  # a MONAI change would break the contract
             raise RuntimeError(f"inverse resampling gave {out.shape}, expected {image.shape}")
-        return Prediction(np.clip(out, 0.0, 1.0), mode, True, self.threshold)
+        return self._prediction(np.clip(out, 0.0, 1.0), mode, True, affine)
+
+    def _prediction(
+        self, prob: np.ndarray, mode: str, resampled: bool, affine: np.ndarray
+    ) -> Prediction:
+        return Prediction(
+            prob,
+            mode,
+            resampled,
+            self.threshold,
+            self.min_lesion_mm3,
+            spacing_of(affine),
+            self.connectivity,
+        )

@@ -17,11 +17,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from monai.losses import DeepSupervisionLoss
 from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
 from torchmetrics import MeanMetric
 
 from stroke_seg.errors import check_keys, config_section
-from stroke_seg.losses import BCEDiceLoss
+from stroke_seg.losses import BCEDiceLoss, deep_supervision_weights
 from stroke_seg.models import ResUNet3D
 
 SPEED_KEYS = ("channels_last", "compile", "compile_mode")
@@ -69,6 +70,10 @@ class LesionSegModule(pl.LightningModule):
         self.save_hyperparameters()
         self.net = ResUNet3D.from_config(net)
         self.loss_fn = BCEDiceLoss(**loss)
+        # model.deep_supervision: in training the network returns one output per decoder
+        # level; this scores them all (validation sees the full-resolution output only).
+        levels = len(self.net.widths) - 1 if self.net.deep_supervision else 1
+        self.ds_loss = DeepSupervisionLoss(self.loss_fn, weights=deep_supervision_weights(levels))
         self.optim_cfg = dict(optim)
         self.threshold = threshold
         with config_section("speed"):
@@ -109,7 +114,10 @@ class LesionSegModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
-        loss = self.loss_fn(logits, batch["label"].float())
+        if isinstance(logits, list):  # deep supervision: [full, 1/2, 1/4, ...]
+            loss = self.ds_loss(logits, batch["label"].float())
+        else:
+            loss = self.loss_fn(logits, batch["label"].float())
         bs = batch["image"].shape[0]
         # The step value is this process's own; the epoch mean is a metric object, reduced over
         # the processes once per epoch under DDP (not an all-reduce every step).

@@ -8,7 +8,19 @@ combination of the binary cross entropy (BCE) loss function and the Dice loss fu
     L = 0.1 * BCE(logits, g) + 0.9 * (1 - (2 * sum(p * g) + eps) / (sum(p) + sum(g) + eps))
 
 with ``p = sigmoid(logits)``, BCE averaged over all voxels, and the Dice sums taken over the
-whole batch (batch Dice; with the paper's batch size 1 the same as per-sample Dice).
+whole batch (batch Dice; with the paper's batch size 1 the same as per-sample Dice). The
+reference code's ``eps`` is machine epsilon (``sys.float_info.epsilon``, 2.2e-16), so that is
+the default here; ``loss.smooth=1`` is the common "smoothed Dice" and an option. The two differ
+on crops without lesion voxels: with eps ~ 0 such a crop's Dice term is 1 whatever the network
+does, so it gives no Dice gradient and only the BCE term acts; with eps = 1 the term is
+``sum(p) / (sum(p) + 1)`` and keeps pushing the probabilities down (docs/training.md, "Dice
+smoothing", has the measured values).
+
+Both terms are computed in float32 whatever the network's precision: under bf16 autocast the
+logits arrive in bfloat16, and the Dice sums over ~10^6 voxels would otherwise be rounded to
+bfloat16's 8-bit mantissa (on CPU, autocast leaves ``sum``, ``sigmoid`` and the division in
+bfloat16; docs/training.md, "bf16"). In float32 training the cast is a no-op, so the loss is
+bit-identical to the uncast one.
 
 Implementation: MONAI's ``DiceLoss(sigmoid=True, batch=True, smooth_nr=eps, smooth_dr=eps)``
 computes exactly this Dice term for a single output channel (MONAI 1.6 forms the denominator
@@ -22,12 +34,16 @@ terms can be logged separately (:meth:`BCEDiceLoss.terms`).
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from monai.losses import DiceLoss
 from torch import nn
 
-__all__ = ["BCEDiceLoss"]
+__all__ = ["BCEDiceLoss", "REFERENCE_SMOOTH", "deep_supervision_weights"]
+
+# The Dice smoothing of the authors' code (docs/paper.md, "Loss").
+REFERENCE_SMOOTH = sys.float_info.epsilon
 
 
 class BCEDiceLoss(nn.Module):
@@ -36,17 +52,20 @@ class BCEDiceLoss(nn.Module):
     Args:
         bce_weight: weight of the voxel-mean binary cross entropy (paper code: 0.1).
         dice_weight: weight of the soft Dice loss (paper code: 0.9).
-        smooth: ``eps`` added to both the Dice numerator and denominator. 1.0 as in the
-            reference code; it keeps the loss defined (and zero) when a batch has neither
-            predicted nor true lesion voxels, and, being small next to the thousands of
-            lesion voxels of a typical scan, barely changes the Dice of non-empty batches.
+        smooth: ``eps`` added to both the Dice numerator and denominator. Machine epsilon
+            as in the reference code: it keeps the loss defined (and zero) when a batch has
+            neither predicted nor true lesion voxels, and adds no Dice gradient on crops
+            without lesion. 1.0 (a recipe option) makes such crops push probabilities down.
 
     ``forward(logits, target)`` takes logits and a binary target of the same shape
     ``(B, 1, D, H, W)`` and returns a scalar.
     """
 
     def __init__(
-        self, bce_weight: float = 0.1, dice_weight: float = 0.9, smooth: float = 1.0
+        self,
+        bce_weight: float = 0.1,
+        dice_weight: float = 0.9,
+        smooth: float = REFERENCE_SMOOTH,
     ) -> None:
         super().__init__()
         for key, value in (("loss.bce_weight", bce_weight), ("loss.dice_weight", dice_weight)):
@@ -80,6 +99,9 @@ class BCEDiceLoss(nn.Module):
             raise ValueError(
                 f"loss: expected (B, C, *spatial) tensors, got shape {tuple(logits.shape)}"
             )
+        # float32 sums under bf16/fp16 autocast; float32 (and float64) logits pass untouched.
+        if logits.dtype in (torch.bfloat16, torch.float16):
+            logits = logits.float()
         target = target.to(dtype=logits.dtype)
         return self.bce(logits, target), self.dice(logits, target)
 
@@ -89,3 +111,16 @@ class BCEDiceLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bce_weight={self.bce_weight}, dice_weight={self.dice_weight}, smooth={self.smooth}"
+
+
+def deep_supervision_weights(levels: int) -> list[float]:
+    """Loss weights of the deep-supervision outputs, finest first (``model.deep_supervision``).
+
+    nnU-Net's scheme (Isensee et al. 2021): each coarser output counts half as much as the
+    one above it, and the weights are normalised to sum to 1, so that the loss keeps the
+    scale of the single-output loss: 4/7, 2/7, 1/7 for three outputs. Used with MONAI's
+    ``DeepSupervisionLoss``, which scores output ``i`` against the target resized to its
+    grid by nearest-neighbour interpolation (nnU-Net also down-samples with order 0).
+    """
+    raw = [0.5**i for i in range(max(1, int(levels)))]
+    return [w / sum(raw) for w in raw]

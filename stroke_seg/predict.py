@@ -45,6 +45,7 @@ from stroke_seg.inference import Predictor
 from stroke_seg.metrics import DEFAULT_CONNECTIVITY, lesion_structure
 from stroke_seg.outputs import safe_output_path
 from stroke_seg.plotting import plot_case_slices
+from stroke_seg.postprocess import chosen_value
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     remove_stale_temporaries(output, [scan_name(p) for p in inputs], qc)
     with config_section("inference"):
         predictor = Predictor.from_config(_ckpts(cfg.ckpt), cfg.inference)
+    predictor.min_lesion_mm3 = chosen_value(cfg.get("min_lesion_mm3", 0) or 0)
     log.info(
         "Predicting %d scan(s) on %s into %s (%d finished before, kept)",
         len(inputs) - len(done),

@@ -46,6 +46,7 @@ def check_config(cfg: DictConfig, run_dir: Path) -> None:
         raise StrokeSegError(
             "Pass either ckpt= (start a stage from weights) or resume= (continue a run), not both."
         )
+    check_snapshot_epochs(cfg)
     if cfg.resume:
         read_checkpoint(cfg.resume, key="resume")  # plain data only, or one clear sentence
     existing = run_dir / "checkpoints"
@@ -54,6 +55,34 @@ def check_config(cfg: DictConfig, run_dir: Path) -> None:
             f"Run folder {run_dir} already holds checkpoints; pass resume={existing}/last.ckpt "
             "to continue it, name=<new name> for a new run, or overwrite=true to replace it."
         )
+
+
+def check_snapshot_epochs(cfg: DictConfig) -> list[str]:
+    """Warn about snapshot epochs that will not make a snapshot ensemble: an epoch outside
+    1..max_epochs is never saved (a shortened stage, e.g. ``stage.max_epochs=20`` with the
+    paper's 50, 100, 150), and one that is not the end of a whole cosine cycle (a multiple of
+    optim.restart_period_epochs) is a mid-cycle model. The paper's snapshot ensemble (Sec.
+    2.4, after Huang et al. 2017) takes the models at the cycles' ends, where the learning
+    rate has annealed to eta_min. Returns the warnings (also logged)."""
+    epochs = [int(e) for e in (cfg.stage.get("snapshot_epochs") or [])]
+    max_epochs = int(cfg.stage.max_epochs)
+    period = int(cfg.optim.get("restart_period_epochs") or 0)
+    warnings = []
+    outside = [e for e in epochs if not 1 <= e <= max_epochs]
+    if outside:
+        warnings.append(
+            f"stage.snapshot_epochs {epochs}: {outside} outside 1..{max_epochs} "
+            "(stage.max_epochs) will not be saved"
+        )
+    mid = [e for e in epochs if period > 0 and e % period != 0 and e not in outside]
+    if mid:
+        warnings.append(
+            f"stage.snapshot_epochs {epochs}: {mid} not at the end of a cosine cycle (every "
+            f"{period} epochs); snapshot ensembles take the models at cycle ends"
+        )
+    for warning in warnings:
+        log.warning(warning)
+    return warnings
 
 
 # What a training run writes into its folder (Hydra's own .hydra/ and train.log belong to the

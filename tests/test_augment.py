@@ -23,6 +23,14 @@ NONE = {
     "brightness_range": [0.75, 1.25],
     "gamma_prob": 0.0,
     "gamma_range": [0.7, 1.5],
+    "bias_prob": 0.0,
+    "bias_coeff": 0.03,
+    "blur_prob": 0.0,
+    "blur_sigma": [0.5, 1.0],
+    "lowres_prob": 0.0,
+    "lowres_zoom": [0.5, 1.0],
+    "lesion_prob": 0.0,
+    "lesion_scale": [0.6, 2.0],
 }
 ALWAYS = {**NONE, **{k: 1.0 for k in KEYS if k.endswith("_prob")}}
 

@@ -199,3 +199,68 @@ def test_slurm_launcher_shape_with_every_trainer():
     for trainer in ("default", "cpu", "gpu", "ddp"):
         cfg = compose_resolved("train", [f"trainer={trainer}", "hydra/launcher=slurm"])
         assert cfg.trainer.num_nodes == 1
+
+
+# --------------------------------------------------------------------------------------
+# experiment=paper is Tomita et al. (2020) Table 1 (docs/training.md), every option off
+# --------------------------------------------------------------------------------------
+
+PAPER_STAGES = {
+    "zoom_in": {"crop_size": [128, 128, 128], "max_epochs": 1200, "lr": 1e-3, "snapshots": []},
+    "zoom_out": {
+        "crop_size": [144, 172, 168],
+        "max_epochs": 150,
+        "lr": 1e-4,
+        "snapshots": [50, 100, 150],
+    },
+}
+
+
+@pytest.mark.parametrize("stage", ["zoom_in", "zoom_out"])
+def test_paper_preset_is_table_1_with_every_recipe_option_off(stage):
+    import sys
+
+    cfg = OmegaConf.to_container(
+        compose_resolved("train", ["experiment=paper", f"stage={stage}", "name=paper"]),
+        resolve=True,
+    )
+    want = PAPER_STAGES[stage]
+    assert cfg["stage"]["crop_size"] == want["crop_size"] == cfg["data"]["crop_size"]
+    assert cfg["stage"]["max_epochs"] == want["max_epochs"] == cfg["trainer"]["max_epochs"]
+    assert cfg["stage"]["lr"] == want["lr"] == cfg["optim"]["lr"]
+    assert cfg["stage"]["snapshot_epochs"] == want["snapshots"]
+    assert cfg["callbacks"]["snapshot"]["epochs"] == want["snapshots"]
+    assert cfg["optim"] == {
+        "lr": want["lr"],
+        "weight_decay": 1e-4,
+        "restart_period_epochs": 50,
+        "eta_min": 0.0,
+    }
+    # network: 4 levels 32-256, GroupNorm(8), no deep supervision (18,524,609 parameters)
+    assert cfg["model"] == {
+        "widths": [32, 64, 128, 256],
+        "groups": 8,
+        "checkpointing": False,
+        "deep_supervision": False,
+    }
+    # loss: 0.1 BCE + 0.9 Dice with the reference code's eps (machine epsilon)
+    assert cfg["loss"] == {"bce_weight": 0.1, "dice_weight": 0.9, "smooth": sys.float_info.epsilon}
+    data = cfg["data"]
+    assert data["layout"] == "atlas_r12" and data["split_proportions"] == [182, 26, 31]
+    assert data["eval_crop"] == [144, 172, 168] and data["batch_size"] == 1
+    assert (data["sampling"], data["intensity_mode"], data["intensity_divisor"]) == (
+        "uniform",
+        "divide",
+        255.0,
+    )
+    # no augmentation of any kind (appearance transforms included)
+    probs = {k: v for k, v in data["augmentation"].items() if k.endswith("_prob")}
+    assert len(probs) == 9 and set(probs.values()) == {0.0}
+    assert cfg["trainer"]["precision"] == "32-true"
+    assert cfg["speed"] == {"channels_last": False, "compile": False, "compile_mode": "default"}
+
+
+def test_inference_post_processing_is_off_by_default():
+    for name in ("evaluate", "predict"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            assert compose(config_name=name).min_lesion_mm3 == 0

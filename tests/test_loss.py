@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 
-from stroke_seg.losses import BCEDiceLoss
+from stroke_seg.losses import REFERENCE_SMOOTH, BCEDiceLoss
 
 
-def hand_terms(logits: np.ndarray, target: np.ndarray, eps: float = 1.0) -> tuple[float, float]:
+def hand_terms(
+    logits: np.ndarray, target: np.ndarray, eps: float = REFERENCE_SMOOTH
+) -> tuple[float, float]:
     """BCE (voxel mean) and batch Dice loss, written out in float64."""
     x = logits.astype(np.float64)
     g = target.astype(np.float64)
@@ -44,10 +48,11 @@ def test_matches_hand_computation() -> None:
 def test_matches_monai_dicece() -> None:
     logits, target = sample((2, 1, 5, 6, 7), seed=1)
     x, g = torch.from_numpy(logits), torch.from_numpy(target)
-    ref = DiceCELoss(
-        sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0, lambda_dice=0.9, lambda_ce=0.1
-    )
-    torch.testing.assert_close(BCEDiceLoss()(x, g), ref(x, g))
+    for eps in (1.0, REFERENCE_SMOOTH):
+        ref = DiceCELoss(
+            sigmoid=True, batch=True, smooth_nr=eps, smooth_dr=eps, lambda_dice=0.9, lambda_ce=0.1
+        )
+        torch.testing.assert_close(BCEDiceLoss(smooth=eps)(x, g), ref(x, g))
 
 
 def test_weights_change_the_result() -> None:
@@ -75,9 +80,12 @@ def test_perfect_prediction_has_near_zero_dice() -> None:
     loss = BCEDiceLoss()
     bce, dice = loss.terms(torch.from_numpy(logits), torch.from_numpy(target))
     assert float(dice) < 1e-6 and float(bce) < 1e-6
-    # an empty target predicted empty is also ~0 thanks to the smoothing
+    # an empty target predicted empty is also ~0 with eps = 1 ...
     empty = np.zeros_like(target)
-    assert loss_value(loss, np.full_like(target, -20.0), empty) < 1e-6
+    assert loss_value(BCEDiceLoss(smooth=1.0), np.full_like(target, -20.0), empty) < 1e-6
+    # ... but with the reference code's eps ~ 0 its Dice term is 1 (constant, no gradient),
+    # however empty the prediction: the loss is the Dice weight
+    assert loss_value(loss, np.full_like(target, -20.0), empty) == pytest.approx(0.9, abs=1e-6)
 
 
 def test_batch_dice_pools_over_samples() -> None:
@@ -116,3 +124,78 @@ def test_validation(kwargs: dict[str, float], key: str) -> None:
 def test_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="differ"):
         BCEDiceLoss()(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 5))
+
+
+# --------------------------------------------------------------------------------------
+# Dice smoothing (the reference code's machine epsilon) and float32 loss under autocast
+# --------------------------------------------------------------------------------------
+
+
+def test_default_smooth_is_the_reference_codes_machine_epsilon() -> None:
+    assert REFERENCE_SMOOTH == sys.float_info.epsilon
+    assert BCEDiceLoss().smooth == sys.float_info.epsilon
+    logits, target = sample((1, 1, 4, 5, 6), seed=6)
+    _, dice_eps = hand_terms(logits, target, eps=sys.float_info.epsilon)
+    _, dice_one = hand_terms(logits, target, eps=1.0)
+    got = loss_value(BCEDiceLoss(0.0, 1.0), logits, target)
+    assert got == pytest.approx(dice_eps, abs=1e-6)
+    assert abs(dice_one - dice_eps) > 1e-3  # so the default is not eps = 1
+
+
+def _empty_crop_dice(smooth: float, logit: float, autocast: bool) -> tuple[float, float]:
+    """Dice term and mean |d Dice / d logit| on a 32^3 crop without lesion voxels."""
+    x = torch.full((1, 1, 32, 32, 32), logit, requires_grad=True)
+    target = torch.zeros(1, 1, 32, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = x.to(torch.bfloat16) if autocast else x
+        _, dice = BCEDiceLoss(smooth=smooth).terms(logits, target)
+    dice.backward()
+    return float(dice.detach()), float(x.grad.abs().mean())
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_empty_crop_gives_dice_gradient_with_eps_one_only(autocast: bool) -> None:
+    """eps = 1: Dice = sum(p) / (sum(p) + 1) keeps pushing p down on a lesion-free crop;
+    eps = machine epsilon: Dice = 1 whatever p, no gradient (docs/training.md)."""
+    n, logit = 32**3, -9.0
+    p = float(torch.sigmoid(torch.tensor(logit)))
+    value, grad = _empty_crop_dice(1.0, logit, autocast)
+    assert value == pytest.approx(n * p / (n * p + 1), rel=1e-3)
+    # d/dx_i [S / (S + 1)] = p (1 - p) / (S + 1)^2
+    assert grad == pytest.approx(p * (1 - p) / (n * p + 1) ** 2, rel=2e-2)
+    value, grad = _empty_crop_dice(REFERENCE_SMOOTH, logit, autocast)
+    assert value == 1.0 and grad < 1e-20
+
+
+def test_float32_loss_is_bit_identical_to_the_uncast_composition() -> None:
+    """The float32 cast is a no-op in float32 training: same value, same gradient, bits."""
+    logits, target = sample((1, 1, 6, 7, 8), seed=7)
+    x1 = torch.from_numpy(logits).requires_grad_(True)
+    x2 = torch.from_numpy(logits.copy()).requires_grad_(True)
+    g = torch.from_numpy(target)
+    ours = BCEDiceLoss()(x1, g)
+    dice = DiceLoss(
+        sigmoid=True, batch=True, smooth_nr=REFERENCE_SMOOTH, smooth_dr=REFERENCE_SMOOTH
+    )
+    plain = 0.1 * torch.nn.BCEWithLogitsLoss()(x2, g) + 0.9 * dice(x2, g)
+    assert ours.dtype == torch.float32 and torch.equal(ours, plain)
+    ours.backward()
+    plain.backward()
+    assert torch.equal(x1.grad, x2.grad)
+
+
+def test_loss_runs_in_float32_under_bf16_autocast() -> None:
+    """bf16 logits: the loss equals the float32 loss of the same (rounded) logits exactly;
+    without the cast MONAI's Dice sums would come out in bfloat16."""
+    logits, target = sample((1, 1, 16, 16, 16), seed=8)
+    x = torch.from_numpy(logits).to(torch.bfloat16)
+    g = torch.from_numpy(target)
+    loss = BCEDiceLoss()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bce, dice = loss.terms(x, g)
+        total = loss(x, g)
+        uncast = DiceLoss(sigmoid=True, batch=True)(x, g.to(torch.bfloat16))
+    assert bce.dtype == dice.dtype == total.dtype == torch.float32
+    assert uncast.dtype == torch.bfloat16  # what the cast avoids
+    ref_bce, ref_dice = loss.terms(x.float(), g)
+    assert torch.equal(bce, ref_bce) and torch.equal(dice, ref_dice)

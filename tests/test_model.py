@@ -158,3 +158,88 @@ def test_from_config() -> None:
     assert model.widths == (4, 8, 16) and model.groups == 2
     with pytest.raises(StrokeSegError, match=r"^widhts=\[4, 8\] is not a network option"):
         ResUNet3D.from_config({"widhts": [4, 8]})
+
+
+# --------------------------------------------------------------------------------------
+# model.deep_supervision (off for the paper)
+# --------------------------------------------------------------------------------------
+
+# SHA-256 over (name, float32 bytes) of the paper preset's state dict at torch.manual_seed(0),
+# computed on the code before deep supervision existed (torch 2.13 CPU). It pins names,
+# shapes, order and initial values at once; a torch release that changes its random
+# streams would change it too (then recompute it on a commit without the flag).
+PAPER_WEIGHTS_SHA256_SEED0 = "d58d613eed32b1a1e49b6374bcc1fe49e422a6949c0dab60a0fc68a39cb299bb"
+
+
+def _weights_sha256(model: nn.Module) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_deep_supervision_off_keeps_the_paper_weights_names_and_count() -> None:
+    torch.manual_seed(0)
+    model = ResUNet3D.from_config({"widths": [32, 64, 128, 256], "deep_supervision": False})
+    assert n_params(model) == PAPER_PARAMS
+    assert _weights_sha256(model) == PAPER_WEIGHTS_SHA256_SEED0
+    assert not any("ds_heads" in k for k in model.state_dict())
+
+
+def test_deep_supervision_adds_heads_after_the_paper_weights() -> None:
+    torch.manual_seed(0)
+    plain = ResUNet3D(**NARROW).state_dict()
+    torch.manual_seed(0)
+    ds = ResUNet3D(**NARROW, deep_supervision=True)
+    extra = sorted(set(ds.state_dict()) - set(plain))
+    assert extra == [f"ds_heads.{i}.{p}" for i in (0, 1) for p in ("bias", "weight")]
+    # the paper modules draw from the random state first: identical initial weights
+    assert all(torch.equal(ds.state_dict()[k], v) for k, v in plain.items())
+    # heads on widths[1] and widths[2]; the head init (linear gain, zero bias)
+    assert [h.in_channels for h in ds.ds_heads] == [8, 16]
+    assert all(torch.all(h.bias == 0) for h in ds.ds_heads)
+    assert n_params(ds) - n_params(ResUNet3D(**NARROW)) == (8 + 1) + (16 + 1)
+
+
+def test_deep_supervision_outputs_in_training_full_resolution_in_eval() -> None:
+    torch.manual_seed(0)
+    model = ResUNet3D(**NARROW, deep_supervision=True)
+    x = torch.rand(1, 1, 16, 20, 24)
+    outs = model.train()(x)
+    assert [tuple(o.shape[2:]) for o in outs] == [(16, 20, 24), (8, 10, 12), (4, 5, 6)]
+    with torch.no_grad():
+        full = model.eval()(x)
+    assert isinstance(full, torch.Tensor) and full.shape == (1, 1, 16, 20, 24)
+    # the full-resolution output is the plain network's: the heads only add outputs
+    torch.manual_seed(0)
+    plain = ResUNet3D(**NARROW).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(full, plain(x), rtol=0, atol=0)
+
+
+def test_deep_supervision_loss_weights_halve_and_sum_to_one() -> None:
+    from monai.losses import DeepSupervisionLoss
+
+    from stroke_seg.losses import BCEDiceLoss, deep_supervision_weights
+
+    assert deep_supervision_weights(3) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    assert deep_supervision_weights(1) == [1.0]
+    torch.manual_seed(0)
+    model = ResUNet3D(**NARROW, deep_supervision=True).train()
+    x = torch.rand(1, 1, 16, 16, 16)
+    target = (torch.rand(1, 1, 16, 16, 16) > 0.7).float()
+    outs = model(x)
+    base = BCEDiceLoss()
+    got = DeepSupervisionLoss(base, weights=deep_supervision_weights(3))(outs, target)
+    # by hand: each output against the target resized by nearest neighbour
+    parts = [
+        base(o, nn.functional.interpolate(target, size=o.shape[2:], mode="nearest-exact"))
+        for o in outs
+    ]
+    want = sum(w * p for w, p in zip([4 / 7, 2 / 7, 1 / 7], parts, strict=True))
+    torch.testing.assert_close(got, want)
+    got.backward()
+    assert all(h.weight.grad is not None and h.weight.grad.abs().sum() > 0 for h in model.ds_heads)

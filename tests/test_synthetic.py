@@ -337,3 +337,83 @@ def test_ellipsoid_mask_is_the_ellipsoid_equation_on_the_whole_grid() -> None:
     d2 = syn.ellipsoid_d2((x, y, z), (0.0, 0.0, 0.0), (4.0, 2.0, 1.0), rot)
     assert d2[5, 5 + 4, 5] == pytest.approx(1.0)  # the long axis now lies along y
     assert d2[5 + 2, 5, 5] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- domain randomisation (option)
+
+# SHA-256 of image bytes + mask bytes of subject (index, seed 0) at 4 mm, computed on the
+# generator before the domain-randomisation option existed (numpy 2 / scipy 1.x here). The
+# default output must not move; a numpy or scipy release that changes the random streams or
+# the filters would move it too (then recompute it on a commit without the option).
+DEFAULT_SHA256_4MM = {
+    0: "fa9b7f87a4d38ec154d38dc4caf57ab5f5392ef413084f19c935994830d96870",
+    1: "03cce015a21255781c9bb4f9258bb93bd8450de8d9a5d400be2766ba5bfcd17c",
+}
+
+
+def _sha(img: np.ndarray, mask: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(img.tobytes() + mask.tobytes()).hexdigest()
+
+
+def test_default_output_is_unchanged_by_the_randomisation_option() -> None:
+    for index, digest in DEFAULT_SHA256_4MM.items():
+        img, mask, _, info = syn.generate_subject(index, 0, spacing=4.0)
+        assert _sha(img, mask) == digest
+        assert "domain_randomisation" not in info
+        again = syn.generate_subject(index, 0, spacing=4.0, randomise=False)
+        assert _sha(again[0], again[1]) == digest
+
+
+def test_randomisation_changes_the_images_not_the_lesions(subjects_2mm) -> None:
+    for index in (0, 3):
+        img0, mask0, affine0, info0 = subjects_2mm[index]
+        img, mask, affine, info = syn.generate_subject(index, 0, spacing=2.0, randomise=True)
+        assert np.array_equal(mask, mask0) and np.array_equal(affine, affine0)
+        assert info["lesion_volume_mm3"] == info0["lesion_volume_mm3"]
+        assert img.dtype == np.float32 and img.min() >= 0 and img.max() <= 255
+        assert (img[img0 == 0] == 0).all()  # background stays 0 (skull-stripped)
+        brain = img0 > 0
+        assert np.abs(img[brain] - img0[brain]).mean() > 5.0  # another appearance
+        record = info["domain_randomisation"]
+        assert record["version"] == syn.RANDOMISATION_VERSION
+        assert all(0.6 <= f <= 1.4 for f in record["tissue_factors_csf_gm_wm"])
+    # reproducible, and the draws differ between subjects
+    a = syn.generate_subject(3, 0, spacing=2.0, randomise=True)
+    b = syn.generate_subject(3, 0, spacing=2.0, randomise=True)
+    assert np.array_equal(a[0], b[0]) and a[3] == b[3]
+    c = syn.generate_subject(0, 0, spacing=2.0, randomise=True)
+    assert c[3]["domain_randomisation"] != a[3]["domain_randomisation"]
+
+
+def test_lesion_contrast_varies_more_with_randomisation() -> None:
+    """Lesion / normal-tissue intensity ratio over 8 subjects: a wider spread, and some
+    lesions no longer darker than the parenchyma around them."""
+
+    def ratios(randomise: bool) -> np.ndarray:
+        out = []
+        for index in range(8):
+            img, mask, _, _ = syn.generate_subject(index, 1, spacing=3.0, randomise=randomise)
+            out.append(img[mask > 0].mean() / img[(img > 0) & (mask == 0)].mean())
+        return np.array(out)
+
+    plain, randomised = ratios(False), ratios(True)
+    assert randomised.std() > 2 * plain.std()
+    assert plain.max() < 0.8 and randomised.max() > 0.9
+
+
+def test_dataset_json_records_the_randomisation_and_sets_are_not_mixed(tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    syn.generate_dataset(out, 1, seed=0, spacing=3.0, progress=False)
+    plain = json.loads((out / "dataset.json").read_text())
+    assert "domain_randomisation" not in plain
+    plain_image = _load(syn.subject_paths(out, 0)[0])[0]
+    syn.generate_dataset(out, 1, seed=0, spacing=3.0, progress=False, randomise=True)
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["domain_randomisation"] == {"version": syn.RANDOMISATION_VERSION}
+    assert manifest["subjects"][0]["domain_randomisation"]["version"] == "1.0.0"
+    assert not np.array_equal(_load(syn.subject_paths(out, 0)[0])[0], plain_image)  # rewritten
+    syn.generate_dataset(out, 1, seed=0, spacing=3.0, progress=False)  # and back
+    assert "domain_randomisation" not in json.loads((out / "dataset.json").read_text())
+    assert np.array_equal(_load(syn.subject_paths(out, 0)[0])[0], plain_image)

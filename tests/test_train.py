@@ -69,7 +69,12 @@ def test_run_folder_explains_itself(zoom_in_run):
     hparams = torch.load(zoom_in_run / "checkpoints" / "last.ckpt", weights_only=True)[
         "hyper_parameters"
     ]
-    assert hparams["net"] == {"widths": [4, 8], "groups": 2, "checkpointing": False}
+    assert hparams["net"] == {
+        "widths": [4, 8],
+        "groups": 2,
+        "checkpointing": False,
+        "deep_supervision": False,
+    }
     assert hparams["preprocessing"]["intensity_divisor"] == 255.0
 
 

@@ -6,8 +6,16 @@ default, ``augmentation=none``, adds no transform at all and the paper's crops a
 pipeline (Isensee et al. 2021, Suppl. Note 4): mirroring, rotation and scaling, Gaussian
 noise, brightness and gamma, with ranges narrowed for T1 intensities scaled to 0..1.
 
-Every transform is MONAI's own. They act on the crop (after cropping, so a rotation costs the
-crop's voxels, not the whole scan's) and draw from the random state that
+``augmentation=appearance`` aims at what differs between scanners and lesion appearances
+rather than at geometry: on top of noise, brightness and gamma it adds a smooth multiplicative
+bias field, Gaussian blur, low-resolution simulation (down- and up-sampling, as nnU-Net's
+``SimulateLowResolutionTransform``) and a random scaling of the lesion's own intensity (so
+that lesions are seen darker and brighter than the synthetic cavities; MONAI has no
+label-restricted intensity transform, hence `RandLesionIntensityd`).
+
+Every transform but `RandLesionIntensityd` is MONAI's own. They act on the crop (after
+cropping, so a rotation costs the crop's voxels, not the whole scan's) and draw from the
+random state that
 `EpochSeededCacheDataset` seeds from (seed, epoch, scan), so augmented runs stay
 reproducible and resume exactly. Labels are moved with nearest-neighbour interpolation and so
 stay binary; intensity transforms touch the image only.
@@ -19,13 +27,20 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import torch
 from monai.transforms import (
+    EnsureTyped,
     MapTransform,
     RandAdjustContrastd,
     RandAffined,
+    RandBiasFieldd,
     RandFlipd,
     RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandomizableTransform,
     RandScaleIntensityd,
+    RandSimulateLowResolutiond,
 )
 
 from stroke_seg.errors import check_keys, check_range, option_error
@@ -35,6 +50,40 @@ KEYS += ("brightness_prob", "brightness_range", "gamma_prob", "gamma_range")
 # Errors name a setting as ``augmentation.<key>``: `StrokeDataModule`'s parameter that holds
 # these settings; the training task puts it under ``data.``.
 PARAMETER = "augmentation"
+
+# Appearance (augmentation=appearance); every preset sets them (0 = off).
+KEYS += ("bias_prob", "bias_coeff", "blur_prob", "blur_sigma", "lowres_prob", "lowres_zoom")
+KEYS += ("lesion_prob", "lesion_scale")
+
+
+class RandLesionIntensityd(RandomizableTransform, MapTransform):
+    """With probability ``prob``, multiply the image inside the lesion mask by one factor
+    drawn uniformly from ``scale``: a lesion darker or brighter than the training lesions,
+    with its mask unchanged. Written by hand because MONAI's intensity transforms act on
+    the whole image, not on the voxels of a label."""
+
+    def __init__(self, prob: float, scale: tuple[float, float]) -> None:
+        MapTransform.__init__(self, ["image"])
+        RandomizableTransform.__init__(self, prob)
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.factor = 1.0
+
+    def randomize(self, data: Any = None) -> None:
+        super().randomize(None)
+        self.factor = float(self.R.uniform(*self.scale))
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return out
+        image, label = out["image"], out["label"]
+        if isinstance(image, torch.Tensor):
+            lesion = torch.as_tensor(label, device=image.device) > 0
+            out["image"] = torch.where(lesion, image * self.factor, image)
+        else:
+            out["image"] = np.where(np.asarray(label) > 0, image * self.factor, image)
+        return out
 
 
 def _prob(settings: Mapping[str, Any], key: str) -> float:
@@ -105,4 +154,38 @@ def augmentation_transforms(settings: Mapping[str, Any] | None) -> list[MapTrans
                 "image", prob=gamma, gamma=_range(settings, "gamma_range"), retain_stats=True
             )
         )
-    return steps
+    # Appearance, after the transforms above so that their seeds stay as they were.
+    appearance: list[MapTransform] = []
+    bias = _prob(settings, "bias_prob")
+    if bias:
+        coeff = float(settings["bias_coeff"])
+        if not 0.0 < coeff <= 1.0:
+            raise option_error(f"{PARAMETER}.bias_coeff", coeff, "must lie in (0, 1].")
+        # exp of a degree-3 Legendre polynomial field with coefficients in [0, bias_coeff]
+        appearance.append(RandBiasFieldd("image", degree=3, coeff_range=(0.0, coeff), prob=bias))
+    blur = _prob(settings, "blur_prob")
+    if blur:
+        sigma = _range(settings, "blur_sigma")  # voxels, drawn per axis
+        appearance.append(
+            RandGaussianSmoothd("image", sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=blur)
+        )
+    lowres = _prob(settings, "lowres_prob")
+    if lowres:
+        low, high = _range(settings, "lowres_zoom")
+        if high > 1.0:
+            raise option_error(
+                f"{PARAMETER}.lowres_zoom",
+                [low, high],
+                "must lie in (0, 1] (the factor the crop is down-sampled by before it is "
+                "up-sampled back).",
+            )
+        appearance.append(RandSimulateLowResolutiond("image", prob=lowres, zoom_range=(low, high)))
+    lesion = _prob(settings, "lesion_prob")
+    if lesion:
+        appearance.append(RandLesionIntensityd(lesion, _range(settings, "lesion_scale")))
+    if appearance:
+        # Plain tensors first: MONAI 1.6.1's EnsureChannelFirstd("no_channel") records 2
+        # spatial dimensions for our 3-D arrays (MetaTensor.spatial_ndim), and the blur and
+        # low-resolution transforms read that; without meta they count the tensor's own.
+        steps.append(EnsureTyped(["image", "label"], track_meta=False))
+    return steps + appearance

@@ -82,7 +82,9 @@ def make_split(
     ``proportions``; each list holds the scan IDs of its subjects.
 
     Sorting first makes the split independent of discovery order; val and test get at
-    least one subject each whenever there are three or more subjects.
+    least one subject each whenever there are three or more subjects, except that a test
+    proportion of exactly 0 gives an empty test list (train/val only, for data whose test
+    scans are a separate set, as the demo's).
     """
     members = scan_groups(subjects, groups)
     names = list(members)
@@ -91,7 +93,7 @@ def make_split(
         raise StrokeSegError(f"A train/val/test split needs at least 3 subjects; {n} were found.")
     weights = np.asarray(proportions, dtype=float)
     n_val = max(1, int(round(n * weights[1] / weights.sum())))
-    n_test = max(1, int(round(n * weights[2] / weights.sum())))
+    n_test = 0 if weights[2] == 0 else max(1, int(round(n * weights[2] / weights.sum())))
     order = np.random.default_rng(seed).permutation(n)
     shuffled = [names[i] for i in order]
     return {

@@ -41,6 +41,19 @@ generated there directly. All random fields are defined in millimetres and the l
 are drawn from a fixed 2 mm candidate list, so the same ``(seed, index)`` gives the same
 subject at 1 mm and 2 mm up to resampling.
 
+**Domain randomisation** (``randomise=true``; off by default, not in the
+paper), in the spirit of SynthSeg (Billot et al. 2023): per subject, a random tissue contrast
+(CSF, GM and WM levels of the template each scaled by a factor in 0.6-1.4, mapped
+piecewise-linearly, so contrasts shrink and can partly invert), lesion cores from 0.7x to 2.2x
+the CSF value with, in half the subjects, a smooth within-lesion modulation of +-30-100 %
+(partly bright, partly dark lesions), a stronger second bias field (log-sd 0.1-0.3), a
+gamma of exp(N(0, 0.2)), extra Gaussian noise (0-5 % of 255) and, in half the subjects, a
+thick-slice blur along one random axis (2-5 mm FWHM). All of it is drawn from a separate
+stream, ``default_rng([seed, index, 0xD0])``, after the default steps have drawn theirs, so the
+lesion, anatomy and masks of subject ``(seed, index)`` are the same with and without it; the
+images differ. Its version (`RANDOMISATION_VERSION`) and the drawn values are recorded in
+``dataset.json``; without it the output is byte-identical to the generator before the option.
+
 The output is the ATLAS v2.0 BIDS layout (``Training/R001/sub-r001s001/ses-1/anat/...``;
 subject index ``i`` is subject ``i % 50 + 1`` of site ``R{i // 50 + 1:03d}``), plus
 ``dataset.json`` with the parameters, per-subject lesion facts and size statistics.
@@ -48,13 +61,15 @@ subject index ``i`` is subject ``i % 50 + 1`` of site ``R{i // 50 + 1:03d}``), p
 CLI::
 
     python -m stroke_seg.data.synthetic out=data/synthetic_2mm n=40 seed=0 spacing=2
+    python -m stroke_seg.data.synthetic out=data/dr_2mm n=30 seed=2 spacing=2 randomise=true
 
 (a Hydra command, conf/synthetic.yaml; ``overwrite=true`` writes into a foreign folder,
-``quiet=true`` hides the progress bar).
+``quiet=true`` hides the progress bar, ``randomise=true`` the domain randomisation).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -75,6 +90,8 @@ from stroke_seg.errors import StrokeSegError, exit_on_user_error
 
 GENERATOR = "stroke_seg.data.synthetic"
 GENERATOR_VERSION = "1.0.0"
+# Version of the optional domain randomisation (recorded in dataset.json when it is on).
+RANDOMISATION_VERSION = "1.0.0"
 
 MIN_LESION_MM3 = 10.0
 MAX_LESION_MM3 = 2.8e5
@@ -499,11 +516,72 @@ def subject_paths(out_dir: str | Path, index: int) -> tuple[Path, Path]:
     return anat / f"{stem}_T1w.nii.gz", anat / f"{stem}_label-L_desc-T1lesion_mask.nii.gz"
 
 
+@dataclass
+class _Randomisation:
+    """The domain-randomisation draws of one subject (see the module docstring)."""
+
+    tissue_factors: np.ndarray  # CSF, GM, WM level factors
+    lesion_factor: float  # lesion core value / the subject's CSF value
+    partial_amp: float  # within-lesion modulation amplitude, 0 = uniform lesion
+    bias_amp: float
+    gamma: float
+    noise_sigma: float  # intensity units (0-255)
+    blur_axis: int  # -1 = no thick-slice blur
+    blur_fwhm_mm: float
+
+    def record(self) -> dict:
+        return {
+            "version": RANDOMISATION_VERSION,
+            "tissue_factors_csf_gm_wm": [round(float(v), 4) for v in self.tissue_factors],
+            "lesion_factor": round(self.lesion_factor, 4),
+            "partial_lesion_amplitude": round(self.partial_amp, 4),
+            "bias_log_sd": round(self.bias_amp, 4),
+            "gamma": round(self.gamma, 4),
+            "noise_sigma": round(self.noise_sigma, 3),
+            "blur_axis": self.blur_axis,
+            "blur_fwhm_mm": round(self.blur_fwhm_mm, 3),
+        }
+
+
+def _plan_randomisation(rng: np.random.Generator) -> _Randomisation:
+    """All scalar draws of the domain randomisation, in a fixed order."""
+    tissue = rng.uniform(0.6, 1.4, 3)
+    lesion_factor = float(rng.uniform(0.7, 2.2))
+    partial = float(rng.uniform(0.3, 1.0)) if rng.uniform() < 0.5 else 0.0
+    bias_amp = float(rng.uniform(0.1, 0.3))
+    gamma = float(np.exp(rng.normal(0.0, 0.2)))
+    noise_sigma = float(rng.uniform(0.0, 0.05)) * 255.0
+    blur = rng.uniform() < 0.5
+    axis, fwhm = int(rng.integers(3)), float(rng.uniform(2.0, 5.0))
+    return _Randomisation(
+        tissue, lesion_factor, partial, bias_amp, gamma, noise_sigma, axis if blur else -1, fwhm
+    )
+
+
+@lru_cache(maxsize=4)
+def _tissue_levels(spacing: float) -> tuple[float, float, float]:
+    """Typical template intensities of CSF, GM and WM: the CSF median, and the 25th and 90th
+    percentiles of the parenchyma (GM + WM >= 0.5), where GM and WM dominate."""
+    tpl = _template(spacing)
+    tissue = tpl.t1[tpl.parenchyma]
+    gm, wm = (float(v) for v in np.percentile(tissue, [25, 90]))
+    return float(tpl.csf_value), gm, wm
+
+
+def _contrast_map(spacing: float, factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Knots (template intensity -> new intensity) of the random tissue contrast."""
+    csf, gm, wm = _tissue_levels(spacing)
+    x = np.array([0.0, csf, gm, wm, 255.0])
+    y = np.array([0.0, csf * factors[0], gm * factors[1], wm * factors[2], 255.0 * factors[2]])
+    return x, np.clip(y, 0.0, 255.0)
+
+
 def generate_subject(
-    index: int, seed: int, spacing: float = 1.0
+    index: int, seed: int, spacing: float = 1.0, randomise: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Make subject ``index`` of the set with ``seed``: (T1 float32 0-255, mask uint8 0/1,
-    4x4 affine, info dict). Depends only on (seed, index, spacing)."""
+    4x4 affine, info dict). Depends only on (seed, index, spacing, randomise); ``randomise``
+    adds the domain randomisation of the module docstring (same lesion and mask)."""
     if int(index) < 0:
         raise StrokeSegError(f"subject index {index} is negative; use 0 or more.")
     spacing = _check_spacing(spacing)
@@ -516,11 +594,21 @@ def generate_subject(
     core_factor, rim_strength = plan.core_factor, plan.rim_strength
     scales, angles = plan.scales, plan.angles
     deform_amp, bias_amp, noise_sigma = plan.deform_amp, plan.bias_amp, plan.noise_sigma
+    dr_rng = np.random.default_rng([int(seed), int(index), 0xD0]) if randomise else None
+    dr = _plan_randomisation(dr_rng) if dr_rng is not None else None
 
     # ---- template-space image with lesions ----------------------------------------------
-    t1 = 255.0 * (tpl.t1 / 255.0) ** gamma * gain
-    csf_value = float(255.0 * (tpl.csf_value / 255.0) ** gamma * gain)
+    base = tpl.t1
+    base_csf = tpl.csf_value
+    if dr is not None:  # random tissue contrast, before the subject's gamma and gain
+        knots = _contrast_map(spacing, dr.tissue_factors)
+        base = np.interp(tpl.t1, *knots).astype(np.float32)
+        base_csf = float(np.interp(tpl.csf_value, *knots))
+    t1 = 255.0 * (base / 255.0) ** gamma * gain
+    csf_value = float(255.0 * (base_csf / 255.0) ** gamma * gain)
     core_value = csf_value * core_factor
+    if dr is not None:
+        core_value *= dr.lesion_factor
     frac = np.zeros(tpl.shape, np.float32)
     glio = np.zeros(tpl.shape, np.float32)
     core_img = np.full(tpl.shape, core_value, np.float32)
@@ -528,7 +616,14 @@ def generate_subject(
         box, f, g, texture = _draw_lesion(rng, tpl, lesion, side)
         np.maximum(frac[box], f, out=frac[box])
         np.maximum(glio[box], g, out=glio[box])
-        core_img[box] = np.where(f > 0, core_value * (1.0 + 0.06 * texture), core_img[box])
+        core = core_value * (1.0 + 0.06 * texture)
+        if dr is not None and dr.partial_amp > 0:  # partly brighter, partly darker
+            coords = tuple(tpl.axes_mm[a][box[a]] for a in range(3))
+            lo = np.array([c.min() for c in coords])
+            hi = np.array([c.max() for c in coords])
+            field = _smooth_field(dr_rng, coords, lo, hi, 8.0)  # type: ignore[arg-type]
+            core = core * (1.0 + dr.partial_amp * np.tanh(2.0 * field))
+        core_img[box] = np.where(f > 0, core, core_img[box])
     img = t1 * (1.0 - rim_strength * glio)
     img = img * (1.0 - frac) + core_img * frac
     img = np.where(tpl.t1 > 0, img, 0.0).astype(np.float32)
@@ -564,6 +659,8 @@ def generate_subject(
     n1 = rng.standard_normal(signal.shape, dtype=np.float32) * noise_sigma
     n2 = rng.standard_normal(signal.shape, dtype=np.float32) * noise_sigma
     noisy = np.sqrt((signal + n1) ** 2 + n2**2)
+    if dr is not None:
+        noisy = _randomise_scanner(dr_rng, dr, noisy, inside, coords, fov_lo, fov_hi, spacing)
     out_crop = np.where(inside, np.clip(noisy, 0.0, 255.0), 0.0).astype(np.float32)
     image = np.zeros(shape, np.float32)
     image[crop] = out_crop
@@ -607,7 +704,34 @@ def generate_subject(
             "deformation_sd_mm": round(deform_amp, 3),
         },
     }
+    if dr is not None:
+        info["domain_randomisation"] = dr.record()
     return image, mask, tpl.affine.copy(), info
+
+
+def _randomise_scanner(
+    rng: np.random.Generator,
+    dr: _Randomisation,
+    img: np.ndarray,
+    inside: np.ndarray,
+    coords: tuple[np.ndarray, ...],
+    fov_lo: np.ndarray,
+    fov_hi: np.ndarray,
+    spacing: float,
+) -> np.ndarray:
+    """Second bias field, gamma, thick-slice blur and extra noise (domain randomisation)."""
+    bias = _smooth_field(rng, coords, fov_lo, fov_hi, 40.0)  # type: ignore[arg-type]
+    out = np.clip(img * np.exp(dr.bias_amp * bias), 0.0, 255.0)
+    out = 255.0 * (out / 255.0) ** dr.gamma
+    if dr.blur_axis >= 0:
+        sigma = [0.0, 0.0, 0.0]
+        sigma[dr.blur_axis] = dr.blur_fwhm_mm / 2.3548 / spacing
+        # blur the brain only, normalised by the blurred brain mask (no dark rim from outside)
+        weight = ndimage.gaussian_filter(inside.astype(np.float32), sigma)
+        out = ndimage.gaussian_filter(np.where(inside, out, 0.0).astype(np.float32), sigma)
+        out = np.where(weight > 1e-3, out / np.maximum(weight, 1e-3), 0.0)
+    noise = rng.standard_normal(out.shape, dtype=np.float32) * dr.noise_sigma
+    return (out + noise).astype(np.float32)
 
 
 def _euler(angles: np.ndarray) -> np.ndarray:
@@ -676,8 +800,11 @@ def _read_manifest(out_dir: Path) -> dict | None:
     return None
 
 
-def _manifest(seed: int, spacing: float, n: int, subjects: list[dict], complete: bool) -> dict:
+def _manifest(
+    seed: int, spacing: float, n: int, subjects: list[dict], complete: bool, randomise: bool = False
+) -> dict:
     tpl = _template(spacing)
+    extra = {"domain_randomisation": _manifest_randomisation(True)} if randomise else {}
     return {
         "generator": GENERATOR,
         "version": GENERATOR_VERSION,
@@ -690,9 +817,15 @@ def _manifest(seed: int, spacing: float, n: int, subjects: list[dict], complete:
         "shape": list(tpl.shape),
         "affine": tpl.affine.tolist(),
         "intensity_range": [0.0, 255.0],
+        **extra,
         "summary": _summary(subjects),
         "subjects": subjects,
     }
+
+
+def _manifest_randomisation(randomise: bool) -> dict | None:
+    """What dataset.json records under ``domain_randomisation`` (absent = None when off)."""
+    return {"version": RANDOMISATION_VERSION} if randomise else None
 
 
 def _remove_subject(out_dir: Path, index: int) -> None:
@@ -712,6 +845,7 @@ def generate_dataset(
     spacing: float = 1.0,
     overwrite: bool = False,
     progress: bool = True,
+    randomise: bool = False,
 ) -> Path:
     """Write ``n_subjects`` synthetic subjects in the ATLAS v2.0 BIDS layout plus dataset.json.
 
@@ -727,6 +861,8 @@ def generate_dataset(
       nothing else there is deleted.
 
     Files are written under a temporary name and renamed, so a killed run leaves no half file.
+    ``randomise`` turns on the domain randomisation (module docstring); a set made with it
+    is never reused for one without it, or the other way round.
     """
     out = Path(out_dir).expanduser()
     if int(n_subjects) < 1:
@@ -748,6 +884,7 @@ def generate_dataset(
         and old.get("version") == GENERATOR_VERSION
         and old.get("seed") == seed
         and float(old.get("spacing", -1)) == spacing
+        and old.get("domain_randomisation") == _manifest_randomisation(randomise)
     )
     reusable: dict[int, dict] = {}
     if same:
@@ -766,7 +903,8 @@ def generate_dataset(
 
     subjects: list[dict] = [reusable[i] for i in sorted(reusable)]
     todo = [i for i in range(n) if i not in reusable]
-    _write_json_atomic(_manifest(seed, spacing, n, subjects, complete=False), out / "dataset.json")
+    manifest = functools.partial(_manifest, seed, spacing, n, randomise=randomise)
+    _write_json_atomic(manifest(subjects, complete=False), out / "dataset.json")
     bar = None
     if progress:
         from tqdm import tqdm
@@ -774,7 +912,7 @@ def generate_dataset(
         bar = tqdm(total=n, initial=n - len(todo), desc="synthetic subjects", unit="subj")
     try:
         for i in todo:
-            image, mask, affine, info = generate_subject(i, seed, spacing)
+            image, mask, affine, info = generate_subject(i, seed, spacing, randomise)
             t1_path, mask_path = subject_paths(out, i)
             _save_atomic(image, affine, t1_path)
             _save_atomic(mask, affine, mask_path)
@@ -782,15 +920,13 @@ def generate_dataset(
             info["mask"] = mask_path.relative_to(out).as_posix()
             subjects.append(info)
             subjects.sort(key=lambda s: s["index"])
-            _write_json_atomic(
-                _manifest(seed, spacing, n, subjects, complete=False), out / "dataset.json"
-            )
+            _write_json_atomic(manifest(subjects, complete=False), out / "dataset.json")
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    _write_json_atomic(_manifest(seed, spacing, n, subjects, complete=True), out / "dataset.json")
+    _write_json_atomic(manifest(subjects, complete=True), out / "dataset.json")
     return out
 
 
@@ -829,6 +965,7 @@ def run(cfg: DictConfig) -> Path:
         spacing=spacing,
         overwrite=bool(cfg.overwrite),
         progress=not cfg.quiet,
+        randomise=bool(cfg.randomise),
     )
     elapsed = time.perf_counter() - start
     manifest = _read_manifest(out) or {}

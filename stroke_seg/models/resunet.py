@@ -112,6 +112,15 @@ class ResUNet3D(nn.Module):
             (``torch.utils.checkpoint``, non-reentrant) instead of storing them: the same
             result and gradients for less memory and about one more forward pass of time.
             Full-volume crops (144x172x168) at paper widths need this on smaller GPUs.
+        deep_supervision: nnU-Net-style deep supervision (not in the paper): a 1x1x1 logit
+            head on every decoder level below full resolution. In training mode ``forward``
+            then returns the list ``[full, 1/2, 1/4, ...]`` of logits, finest first, which
+            MONAI's ``DeepSupervisionLoss`` scores against down-sampled targets with the
+            weights of `stroke_seg.losses.deep_supervision_weights`; in
+            eval mode (validation, inference, export) it returns the full-resolution logits
+            only. Off (the paper), the network has exactly the paper preset's modules,
+            names, parameter count and, at a given seed, initial weights: the extra heads are
+            created after every paper module, so they draw from the random state last.
 
     Input sizes need not be divisible by ``2 ** (levels - 1)``: max-pooling floors odd
     sizes, and when an up-sampled map is then smaller than its skip it is resized
@@ -129,6 +138,7 @@ class ResUNet3D(nn.Module):
         widths: Sequence[int] = (32, 64, 128, 256),
         groups: int = 8,
         checkpointing: bool = False,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         widths = tuple(int(w) for w in widths)
@@ -159,6 +169,7 @@ class ResUNet3D(nn.Module):
         self.widths = widths
         self.groups = int(groups)
         self.checkpointing = bool(checkpointing)
+        self.deep_supervision = bool(deep_supervision)
 
         g = self.groups
         self.stem = ResidualBlock3D(in_channels, widths[0], g)
@@ -191,6 +202,16 @@ class ResUNet3D(nn.Module):
             self.decoders.append(nn.ModuleList(blocks))
         self.head = nn.Conv3d(widths[0], out_channels, kernel_size=1)
         self._init_weights()
+        if self.deep_supervision:
+            # One head per decoder level below full resolution, finest first: widths[1],
+            # ..., widths[-2] channels (the bottleneck level has no decoder output). Built
+            # and initialised after the paper modules, so those keep their seeded weights.
+            self.ds_heads = nn.ModuleList(
+                nn.Conv3d(widths[i], out_channels, kernel_size=1) for i in range(1, len(widths) - 1)
+            )
+            for head in self.ds_heads:
+                nn.init.kaiming_normal_(head.weight, mode="fan_in", nonlinearity="linear")
+                nn.init.zeros_(head.bias)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ResUNet3D:
@@ -201,6 +222,7 @@ class ResUNet3D(nn.Module):
         default.
         """
         known = {"in_channels", "out_channels", "widths", "groups", "checkpointing"}
+        known.add("deep_supervision")
         unknown = sorted(set(cfg) - known - {"_target_", "name"})
         if unknown:
             raise option_error(
@@ -228,6 +250,7 @@ class ResUNet3D(nn.Module):
         the same features): 1.13 with ours, 1.58 with the reference's 0.25, 9.0 with 1.41.
         So the linear gain is our choice, not a fix: the reference started unsaturated too,
         with logits sqrt(2) wider; both presets here share this init.
+        Deep-supervision heads are initialised like the head, in the constructor after this.
         """
         for m in self.modules():
             if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
@@ -246,8 +269,9 @@ class ResUNet3D(nn.Module):
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Map ``(B, in_channels, D, H, W)`` to logits ``(B, out_channels, D, H, W)``."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Map ``(B, in_channels, D, H, W)`` to logits ``(B, out_channels, D, H, W)``
+        (with deep supervision in training mode: a list of logits, finest first)."""
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"ResUNet3D expects input of shape (B, {self.in_channels}, D, H, W), "
@@ -269,6 +293,8 @@ class ResUNet3D(nn.Module):
         for block in self.bottleneck:
             x = self._block(block, x)
         skips.pop()  # the deepest level is the bottleneck itself, not a skip
+        supervise = self.deep_supervision and self.training
+        coarse: list[torch.Tensor] = []  # decoder outputs below full resolution, coarsest first
         for up, level in zip(self.ups, self.decoders, strict=True):
             skip = skips.pop()
             x = up(x)
@@ -277,4 +303,9 @@ class ResUNet3D(nn.Module):
             x = torch.cat([skip, x], dim=1)
             for block in level:
                 x = self._block(block, x)
-        return self.head(x)
+            if supervise and skips:
+                coarse.append(x)
+        if not supervise:
+            return self.head(x)
+        # ds_heads[i] sits at widths[i + 1] channels, i.e. 1 / 2 ** (i + 1) resolution
+        return [self.head(x)] + [h(f) for h, f in zip(self.ds_heads, coarse[::-1], strict=True)]
