@@ -26,7 +26,7 @@ from stroke_seg.postprocess import choose_min_lesion_mm3, component_stats, remov
 from stroke_seg.predict import run as predict
 from stroke_seg.train import check_snapshot_epochs
 from stroke_seg.train import run as train
-from tests.conftest import compose_train, save_module_checkpoint, tiny_preprocessing
+from tests.helpers import compose_train, save_module_checkpoint, tiny_preprocessing
 from tests.test_evaluate import FAST, compose_eval
 from tests.test_predict import compose_predict
 from tests.test_train import _weights
