@@ -14,7 +14,7 @@ DEMO_DATA ?= data/synthetic_2mm
 BENCH_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: help install demo test test-fast lint format bench clean
+.PHONY: help install demo test test-fast lint format bench gpu-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ format: $(STAMP) ## ruff format + autofix
 
 bench: $(STAMP) ## time training, data loading, inference, evaluation here -> bench/results.json (CPU: ~15 min; BENCH_ARGS="key=value ...")
 	$(BIN)/python -m stroke_seg.bench out=bench/results.json $(BENCH_ARGS)
+
+gpu-check: $(STAMP) ## one CUDA GPU, <= 8 min: paper training steps (time, memory), a 1 mm recipe run with DSC, fp32/AMP inference -> bench/gpu_check.json
+	$(BIN)/python -m stroke_seg.bench.gpu_check out=bench/gpu_check.json
 
 clean: ## remove run outputs and caches (keeps .venv and data/)
 	rm -rf runs outputs multirun .pytest_cache .ruff_cache bench

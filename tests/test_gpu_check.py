@@ -7,18 +7,18 @@ import json
 import pytest
 import torch
 
-from stroke_seg import gpu_check
+from stroke_seg.bench import gpu_check
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_refuses_without_cuda_in_one_sentence(tmp_path, capsys):
     out = tmp_path / "gpu_check.json"
     with pytest.raises(SystemExit) as stop:
-        gpu_check.main(["--out", str(out)])
+        gpu_check.main([f"out={out}"])
     assert stop.value.code == 2
     message = capsys.readouterr().err.strip()
     assert message.startswith("error: gpu-check needs a CUDA GPU")
-    assert message.count("\n") == 0 and "--dry-run" in message
+    assert message.count("\n") == 0 and "dry_run=true" in message
     assert not out.exists()
 
 

@@ -1,6 +1,6 @@
 """GPU check, ``make gpu-check``: what the paper recipe costs and does on one GPU, in <= 8 min.
 
-    python -m stroke_seg.gpu_check [--out bench/gpu_check.json] [--dry-run]
+    python -m stroke_seg.bench.gpu_check [out=bench/gpu_check.json] [dry_run=true]
 
 Nothing in the project had run on a GPU; this one script answers the questions a GPU user
 asks first, and writes the answers to one JSON file (docs/benchmarks.md):
@@ -18,14 +18,13 @@ asks first, and writes the answers to one JSON file (docs/benchmarks.md):
   `stroke_seg.inference.Predictor`, in fp32 and with float16 autocast (``amp``), timed after
   a warm-up, with each one's DSC and the largest probability difference between the two.
 
-It refuses to run without CUDA (one sentence). ``--dry-run`` runs every section on the CPU
+It refuses to run without CUDA (one sentence). ``dry_run=true`` runs every section on the CPU
 with tiny sizes (a 2-level net, 16³ crops, 4 mm data, a few steps) so that the tests can
 check the JSON schema; its numbers mean nothing.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import json
@@ -40,7 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from stroke_seg.errors import StrokeSegError, exit_on_user_error
+from stroke_seg.atomic import write_text
+from stroke_seg.cli import hydra_command
+from stroke_seg.errors import StrokeSegError
 
 SCHEMA_VERSION = 1
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -259,7 +260,7 @@ def run(out: Path, dry_run: bool = False, work: Path | None = None) -> dict[str,
     if not dry_run and not torch.cuda.is_available():
         raise StrokeSegError(
             "gpu-check needs a CUDA GPU and torch.cuda.is_available() is False here; run it on "
-            "a GPU machine (with a CUDA build of torch), or pass --dry-run for the CPU check."
+            "a GPU machine (with a CUDA build of torch), or pass dry_run=true for the CPU check."
         )
     device = torch.device("cpu" if dry_run else "cuda")
     sizes = TINY if dry_run else FULL
@@ -281,31 +282,26 @@ def run(out: Path, dry_run: bool = False, work: Path | None = None) -> dict[str,
         modes = sizes.inference_modes
         result["inference"] = inference(ckpt, Path(tmp) / "data", device, modes)
     result["wall_s"] = round(time.perf_counter() - started, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2) + "\n"
-    tmp_out = out.with_name(f".{out.name}.tmp")
-    tmp_out.write_text(text)
-    tmp_out.replace(out)
+    write_text(out, text)
     return json.loads(text)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stroke_seg.gpu_check", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("bench/gpu_check.json"))
-    parser.add_argument(
-        "--dry-run", action="store_true", help="tiny sizes on the CPU (schema check only)"
+def run_command(cfg: Any) -> dict[str, Any]:
+    """The ``gpu_check`` command (conf/gpu_check.yaml): run, print one summary line."""
+    out = Path(str(cfg.out))
+    result = run(out, dry_run=bool(cfg.dry_run))
+    print(
+        f"gpu-check on {result['device']}: {result['wall_s']} s, recipe val DSC "
+        f"{result['recipe']['val_dsc']:.3f} after {result['recipe']['steps']} steps; "
+        f"results in {out}",
+        flush=True,
     )
-    args = parser.parse_args(argv)
-    with exit_on_user_error():
-        result = run(args.out, dry_run=args.dry_run)
-        print(
-            f"gpu-check on {result['device']}: {result['wall_s']} s, recipe val DSC "
-            f"{result['recipe']['val_dsc']:.3f} after {result['recipe']['steps']} steps; "
-            f"results in {args.out}",
-            flush=True,
-        )
-    return 0
+    return result
 
+
+# A Hydra command like the others; main() reads sys.argv, main(argv) the given overrides.
+main = hydra_command("gpu_check", run_command)
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
