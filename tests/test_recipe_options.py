@@ -3,7 +3,6 @@ what it claims to change, on values and files (the config-effects pattern)."""
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import sys
@@ -26,16 +25,19 @@ from stroke_seg.postprocess import choose_min_lesion_mm3, component_stats, remov
 from stroke_seg.predict import run as predict
 from stroke_seg.train import check_snapshot_epochs
 from stroke_seg.train import run as train
-from tests.helpers import compose_train, save_module_checkpoint, tiny_preprocessing
-from tests.test_evaluate import FAST, compose_eval
-from tests.test_predict import compose_predict
-from tests.test_train import _weights
+from tests.helpers import (
+    EVAL_FAST,
+    checkpoint_weights,
+    compose_eval,
+    compose_predict,
+    compose_train,
+    inference_options,
+    read_rows,
+    save_module_checkpoint,
+    tiny_preprocessing,
+)
 
 EPS = sys.float_info.epsilon
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader(path.open()))
 
 
 # --------------------------------------------------------------------------------------
@@ -73,13 +75,15 @@ def test_deep_supervision_trains_extra_heads_and_infers_with_the_full_head(tiny_
             ds_dir, tiny_bids, ["stage.max_epochs=1", *THREE_LEVELS, "model.deep_supervision=true"]
         )
     )
-    plain = _weights(plain_dir / "checkpoints" / "last.ckpt")
-    ds = _weights(ds_dir / "checkpoints" / "last.ckpt")
+    plain = checkpoint_weights(plain_dir / "checkpoints" / "last.ckpt")
+    ds = checkpoint_weights(ds_dir / "checkpoints" / "last.ckpt")
     assert sorted(set(ds) - set(plain)) == ["net.ds_heads.0.bias", "net.ds_heads.0.weight"]
     # the extra loss changed the shared weights too
     assert any(not torch.equal(ds[k], v) for k, v in plain.items() if v.is_floating_point())
     # inference rebuilds the deep-supervision net and returns one full-resolution map
-    predictor = Predictor.from_checkpoints(ds_dir / "checkpoints" / "last.ckpt", device="cpu")
+    predictor = Predictor.from_checkpoints(
+        ds_dir / "checkpoints" / "last.ckpt", **inference_options()
+    )
     case = discover(tiny_bids, "synthetic")[0]
     loaded = load_case(case)
     result = predictor.predict(loaded["image"], loaded["affine"])
@@ -113,8 +117,9 @@ def noisy_ckpt(tmp_path_factory) -> Path:
 
 
 def _eval(ckpt: Path, root: Path, out: Path, extra: list[str]) -> list[dict[str, str]]:
-    evaluate(compose_eval([f"ckpt={ckpt}", f"data.root={root}", f"output={out}", *FAST, *extra]))
-    return _rows(out / "cases.csv")
+    overrides = [f"ckpt={ckpt}", f"data.root={root}", f"output={out}", *EVAL_FAST, *extra]
+    evaluate(compose_eval(overrides))
+    return read_rows(out / "cases.csv")
 
 
 def test_min_lesion_mm3_removes_small_components_in_evaluation(noisy_ckpt, tiny_bids, tmp_path):
@@ -122,7 +127,7 @@ def test_min_lesion_mm3_removes_small_components_in_evaluation(noisy_ckpt, tiny_
     post = _eval(noisy_ckpt, tiny_bids, tmp_path / "b", ["min_lesion_mm3=40"])
     assert [r["subject"] for r in plain] == [r["subject"] for r in post]
     # by hand: the predictor's mask without the components below 40 mm³ (2 mm voxels)
-    predictor = Predictor.from_checkpoints(noisy_ckpt, device="cpu", mode="centre_crop")
+    predictor = Predictor.from_checkpoints(noisy_ckpt, **inference_options(mode="centre_crop"))
     cases = {c.subject: c for c in discover(tiny_bids, "synthetic")}
     for a, b in zip(plain, post, strict=True):
         loaded = load_case(cases[a["subject"]])
@@ -141,7 +146,7 @@ def test_min_lesion_mm3_auto_is_chosen_on_the_val_scans(noisy_ckpt, tiny_bids, t
     # the same rule by hand on the val split that training would use
     cases = {c.subject: c for c in discover(tiny_bids, "synthetic")}
     split = make_split(list(cases), 0, (182, 26, 31))
-    predictor = Predictor.from_checkpoints(noisy_ckpt, device="cpu", mode="centre_crop")
+    predictor = Predictor.from_checkpoints(noisy_ckpt, **inference_options(mode="centre_crop"))
     stats = []
     for subject in split["val"]:
         loaded = load_case(cases[subject])

@@ -15,6 +15,7 @@ from tests.helpers.configs import (
     compose_eval,
     compose_predict,
     compose_train,
+    inference_options,
 )
 from tests.helpers.files import list_files, read_rows
 from tests.helpers.paths import CONF_DIR, REPO
@@ -37,6 +38,7 @@ from tests.helpers.scans import (
 __all__ = [
     "CONF_DIR",
     "EVAL_FAST",
+    "inference_options",
     "LPS_AFFINE",
     "REPO",
     "TINY_AFFINE",

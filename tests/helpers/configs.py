@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import stroke_seg.config  # noqa: F401  (registers the config resolvers)
 from tests.helpers.paths import CONF_DIR
@@ -42,3 +42,9 @@ def compose_eval(overrides: Sequence[str]) -> DictConfig:
 def compose_predict(overrides: Sequence[str]) -> DictConfig:
     """The predict config with ``overrides``, on the CPU."""
     return compose_config("predict", [*overrides, "inference.device=cpu"])
+
+
+def inference_options(**changes: object) -> dict:
+    """conf/inference/default.yaml on the CPU, with `changes`: Predictor keyword arguments."""
+    options = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "inference" / "default.yaml"))
+    return {**options, "device": "cpu", **changes}
