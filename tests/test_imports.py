@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "metrics": 2,
     "stats": 2,
     "losses": 2,
+    "postprocess": 2,  # connected-component post-processing, shared by inference and tasks
     # 3: what puts them together: the Lightning module, inference, callbacks, reports
     "lit_module": 3,
     "inference": 3,

@@ -41,10 +41,11 @@ import torch
 
 from stroke_seg.atomic import write_text
 from stroke_seg.cli import hydra_command
+from stroke_seg.config import config_path
 from stroke_seg.errors import StrokeSegError
 
 SCHEMA_VERSION = 1
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(config_path())
 TRAIN_KEYS = ("crop", "precision", "checkpointing", "step_s", "max_memory_gib", "error")
 
 
@@ -227,6 +228,7 @@ def recipe(work: Path, sizes: Sizes, dry_run: bool) -> dict[str, Any]:
 def inference(ckpt: Path, root: Path, device: torch.device, modes: Sequence[str]) -> dict[str, Any]:
     """One validation scan with the recipe's checkpoint, fp32 and float16 autocast, timed,
     for each spatial strategy: the paper's centre crop and sliding windows of the crop."""
+    from stroke_seg.bench.presets import inference_defaults
     from stroke_seg.data.discovery import discover
     from stroke_seg.data.io import load_case
     from stroke_seg.inference import Predictor
@@ -238,7 +240,8 @@ def inference(ckpt: Path, root: Path, device: torch.device, modes: Sequence[str]
     for mode in modes:
         probs, rows = {}, {}
         for name, amp in (("fp32", False), ("amp", True)):
-            predictor = Predictor.from_checkpoints(ckpt, mode=mode, device=str(device), amp=amp)
+            options = {**inference_defaults(), "mode": mode, "device": str(device), "amp": amp}
+            predictor = Predictor.from_checkpoints(ckpt, **options)
             predictor.predict(loaded["image"], loaded["affine"])  # warm-up (cuDNN autotuning)
             _sync(device)
             start = time.perf_counter()
