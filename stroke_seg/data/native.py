@@ -66,8 +66,8 @@ def euler_rotation(angles_rad: np.ndarray) -> np.ndarray:
 
 
 def _bias_field(rng: np.random.Generator):
-    """The shape of a smooth multiplicative field ``1 + amplitude * q(u) / max|q|`` of the normalised
-    scanner coordinates ``u`` (a random quadratic polynomial q without constant term)."""
+    """The shape q of a smooth multiplicative field ``1 + amplitude * q(u) / max|q|``: a random
+    quadratic polynomial without constant term of the normalised scanner coordinates u."""
     coef = rng.standard_normal(9)
 
     def evaluate(u: np.ndarray) -> np.ndarray:  # u: (3, N), in [-1, 1] over the brain
