@@ -27,7 +27,8 @@ def test_grid_is_anisotropic_permuted_and_larger(pair) -> None:
     # each array axis runs along exactly one world axis, as the info string says
     lin = nat.affine[:3, :3] / spacing
     assert np.allclose(np.abs(lin).sum(axis=0), 1.0) and np.allclose(np.abs(lin).sum(axis=1), 1)
-    for j, (sign, axis) in enumerate(zip(nat.info["axes"][::2], nat.info["axes"][1::2], strict=True)):
+    codes = nat.info["axes"]
+    for j, (sign, axis) in enumerate(zip(codes[::2], codes[1::2], strict=True)):
         a = "xyz".index(axis)
         assert lin[a, j] == (-1.0 if sign == "-" else 1.0)
     # the field of view is larger than the brain and the background is exactly zero
