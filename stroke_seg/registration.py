@@ -414,9 +414,10 @@ def register_to_template(
     template: Template,
     options: RegistrationOptions | None = None,
     source: str = "the scan",
+    force: bool = False,
 ) -> tuple[np.ndarray, TemplateMapping]:
     """Register a scan (its array and RAS affine) to `template` and resample it onto the
-    template grid.
+    template grid (`force`: also a scan already on the template grid, for measurements).
 
     Returns the template-grid volume (float32, linear interpolation, 0 outside the scan's
     field of view) and the `TemplateMapping` that brings template-grid volumes (the
@@ -429,7 +430,7 @@ def register_to_template(
     options = options or RegistrationOptions()
     image = np.asarray(image)
     affine = np.asarray(affine, dtype=np.float64)
-    if on_template_grid(image.shape, affine, template):
+    if not force and on_template_grid(image.shape, affine, template):
         return image, TemplateMapping(image.shape, affine, template, "none")
     _check_input(image, affine, source)
     ants = _ants()

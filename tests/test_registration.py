@@ -186,6 +186,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # a fresh interpreter (ITK reads its thread count once per process)
 def test_registration_is_deterministic_with_one_thread() -> None:
     """With one ITK thread and a fixed seed, two registrations are bit-identical; another
     seed draws other samples (so the seed is really used)."""
