@@ -21,8 +21,11 @@ TorchIO's ``HistogramStandardization`` is Nyúl's method, but it learns its land
 dependencies) to the project for one ``np.interp``. Here the reference is plain data (a few
 floats) that training stores in the checkpoint, and the mapping is a few lines of numpy.
 
-The brain is the volume's nonzero voxels: our template and synthetic data are skull-stripped
-with an exact 0 background. Optional N4 bias-field correction (ANTsPy's
+The brain is the volume's nonzero voxels (our template and synthetic data are skull-stripped
+with an exact 0 background), and the landmarks are taken on the brain eroded by 4 mm
+(`tissue_mask`): the partial-volume rim at the brain's edge changes with every resampling and
+would otherwise move the low landmarks, which govern the dark range where chronic lesions
+lie. Optional N4 bias-field correction (ANTsPy's
 ``n4_bias_field_correction``) removes a smooth multiplicative field in the scan's own space,
 before registration.
 """
@@ -34,10 +37,34 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from stroke_seg.errors import StrokeSegError
 
 PERCENTILES: tuple[float, ...] = (1.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 99.0)
+
+
+def tissue_mask(
+    volume: np.ndarray,
+    erode_mm: float,
+    spacing: float | Sequence[float],
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """The brain (`mask`, default: the nonzero voxels) eroded by `erode_mm` millimetres.
+
+    The outermost voxels of a brain-only scan mix brain and background, and how many there
+    are depends on the scan's resolution and on every resampling it went through (a native
+    scan resampled onto the template grid gains a rim of low values); left in, they move the
+    low landmarks by up to a fifth of the intensity range (measured on our native scans).
+    Eroding them away measures the tissue itself. Falls back to the un-eroded brain when the
+    erosion would leave fewer than 1000 voxels (tiny test volumes)."""
+    brain = np.asarray(volume) != 0 if mask is None else np.asarray(mask, dtype=bool)
+    step = float(np.min(np.atleast_1d(spacing)))
+    iterations = int(round(float(erode_mm) / step)) if erode_mm > 0 else 0
+    if iterations == 0:
+        return brain
+    eroded = ndimage.binary_erosion(brain, iterations=iterations)
+    return eroded if eroded.sum() >= 1000 else brain
 
 
 def brain_landmarks(
@@ -59,27 +86,33 @@ class IntensityReference:
     """The training scans' brain-intensity landmarks, as plain data for a checkpoint.
 
     Attributes:
-        percentiles: where the landmarks sit (percent of the brain's voxels).
+        percentiles: where the landmarks sit (percent of the brain tissue's voxels).
         landmarks: the mean over the training scans of each scan's landmarks.
         landmarks_sd: their standard deviation over the training scans (for input checks).
         n_scans: how many scans the reference was computed from.
+        erode_mm: the brain was eroded by this much before the landmarks were taken
+            (`tissue_mask`); new scans are measured the same way.
     """
 
     percentiles: tuple[float, ...]
     landmarks: tuple[float, ...]
     landmarks_sd: tuple[float, ...]
     n_scans: int
+    erode_mm: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         for name in ("percentiles", "landmarks", "landmarks_sd"):
             set_(self, name, tuple(float(v) for v in getattr(self, name)))
         set_(self, "n_scans", int(self.n_scans))
+        set_(self, "erode_mm", float(self.erode_mm))
         n = len(self.percentiles)
         if n < 2 or len(self.landmarks) != n or len(self.landmarks_sd) != n:
             raise ValueError("percentiles, landmarks and landmarks_sd need the same length >= 2")
         if np.any(np.diff(self.percentiles) <= 0) or np.any(np.diff(self.landmarks) <= 0):
             raise ValueError("percentiles and landmarks must increase strictly")
+        if not 0.0 <= self.erode_mm <= 20.0:
+            raise ValueError(f"erode_mm={self.erode_mm} must lie in [0, 20]")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and numbers (for ``hyper_parameters`` in a checkpoint)."""
@@ -88,6 +121,7 @@ class IntensityReference:
             "landmarks": list(self.landmarks),
             "landmarks_sd": list(self.landmarks_sd),
             "n_scans": self.n_scans,
+            "erode_mm": self.erode_mm,
         }
 
     @classmethod
@@ -97,9 +131,13 @@ class IntensityReference:
         """Read it back, or refuse in one sentence naming `source`."""
         try:
             return cls(
-                data["percentiles"], data["landmarks"], data["landmarks_sd"], data["n_scans"]
+                data["percentiles"],
+                data["landmarks"],
+                data["landmarks_sd"],
+                data["n_scans"],
+                data.get("erode_mm", 0.0),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise StrokeSegError(
                 f"{source} has a malformed intensity reference ({type(err).__name__}: {err}); "
                 "it was not written by this version of stroke_seg training."
@@ -110,23 +148,37 @@ class IntensityReference:
         land = np.asarray(self.landmarks)
         return (land - land[0]) / (land[-1] - land[0])
 
+    def landmarks_of(
+        self, volume: np.ndarray, spacing: float | Sequence[float], mask: np.ndarray | None = None
+    ) -> np.ndarray:
+        """A scan's landmarks measured as the reference's were (same percentiles, same
+        erosion of its brain)."""
+        tissue = tissue_mask(volume, self.erode_mm, spacing, mask)
+        return brain_landmarks(volume, tissue, self.percentiles)
+
 
 def compute_reference(
     volumes: Iterable[np.ndarray],
+    spacing: float | Sequence[float],
     masks: Iterable[np.ndarray | None] | None = None,
     percentiles: Sequence[float] = PERCENTILES,
+    erode_mm: float = 4.0,
 ) -> IntensityReference:
     """The reference of a list (or any iterable, e.g. a generator reading files one at a
-    time) of training volumes; each brain is its nonzero voxels unless `masks` are given."""
+    time) of training volumes with voxel size `spacing` (mm); each brain is its nonzero
+    voxels unless `masks` are given, eroded by `erode_mm` (`tissue_mask`)."""
     rows = []
     mask_iter = iter(masks) if masks is not None else None
     for volume in volumes:
         mask = next(mask_iter) if mask_iter is not None else None
-        rows.append(brain_landmarks(volume, mask, percentiles))
+        tissue = tissue_mask(volume, erode_mm, spacing, mask)
+        rows.append(brain_landmarks(volume, tissue, percentiles))
     if not rows:
         raise ValueError("compute_reference needs at least one volume")
     table = np.stack(rows)
-    return IntensityReference(tuple(percentiles), table.mean(axis=0), table.std(axis=0), len(rows))
+    return IntensityReference(
+        tuple(percentiles), table.mean(axis=0), table.std(axis=0), len(rows), erode_mm
+    )
 
 
 def _strictly_increasing(values: np.ndarray) -> np.ndarray:
@@ -150,21 +202,25 @@ def piecewise_linear(x: np.ndarray, xp: np.ndarray, fp: np.ndarray) -> np.ndarra
 
 
 def standardise(
-    volume: np.ndarray, reference: IntensityReference, mask: np.ndarray | None = None
+    volume: np.ndarray,
+    reference: IntensityReference,
+    spacing: float | Sequence[float],
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """`volume` mapped onto `reference` inside the brain (its nonzero voxels unless `mask`).
+    """`volume` (voxel size `spacing`, mm) mapped onto `reference` inside the brain (its
+    nonzero voxels unless `mask`).
 
-    Piecewise-linear from the volume's own landmarks to the reference's, extrapolated
-    linearly beyond the first and last landmark and kept > 0 (the training scans are >= 0);
-    voxels outside the brain are 0. Returns float32.
+    The volume's landmarks are measured as the reference's (`IntensityReference.landmarks_of`);
+    every brain voxel is mapped piecewise-linearly from them to the reference's landmarks,
+    extrapolated linearly beyond the first and last, and kept > 0 (the training scans are
+    >= 0); voxels outside the brain are 0. Returns float32.
     """
     volume = np.asarray(volume)
     inside = volume != 0 if mask is None else np.asarray(mask, dtype=bool)
-    own = _strictly_increasing(brain_landmarks(volume, inside, reference.percentiles))
+    own = _strictly_increasing(reference.landmarks_of(volume, spacing, inside))
     out = np.zeros(volume.shape, np.float32)
-    mapped = piecewise_linear(
-        volume[inside].astype(np.float64), own, np.asarray(reference.landmarks)
-    )
+    values = volume[inside].astype(np.float64)
+    mapped = piecewise_linear(values, own, np.asarray(reference.landmarks))
     # Kept above 0 so that a brain voxel extrapolated below zero stays in the brain (nonzero)
     # for the checks and for a second standardisation; the floor is 1e-6 of the reference's
     # range, i.e. black for the model.

@@ -20,13 +20,16 @@ parameters, which a 2 mm image determines well, and it makes the estimation seve
 cheaper than at 1 mm; the final resampling then uses the full-resolution scan.
 
 Reproducibility: ANTs draws its metric samples at random. Every call runs with
-``ANTS_RANDOM_SEED`` set to a fixed seed (``RegistrationOptions.seed``), so with one ITK thread
-the result is bit-identical from run to run. ITK reads its thread count from
-``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once per process, at its first use; importing this
-module sets it to the number of cores available to the process unless the user has set it.
-With more than one thread, ITK's parallel sums change the last digits (measured: under
-0.01 mm of displacement, docs in tools/measure_native.py); set the variable to 1 before the
-first import for bit-identical registrations.
+``ANTS_RANDOM_SEED`` set to a fixed seed (``RegistrationOptions.seed``), and ITK runs on one
+thread unless the user says otherwise, so the same scan gives a bit-identical transform every
+time. ITK reads its thread count from ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once per
+process, at its first use; importing this module sets it explicitly to 1 unless the variable
+is already set. Measured on the 2-core development machine (tools/measure_native.py): two
+threads did not make the registration faster (5.0 s either way at 2 mm) but made repeated
+registrations of one scan differ by 0.2-0.3 mm on average (0.7 mm at most), because ITK's
+parallel sums change the optimiser's path. Many scans are better spread over processes
+(one thread each) than over threads; set the variable (e.g. to the number of cores) before
+the first import to trade reproducibility for threads.
 
 A scan already on the template grid (same shape, affine within 1 µm) is not registered at all:
 `register_to_template` returns the input array itself and an identity mapping, so that the
@@ -50,16 +53,10 @@ import numpy as np
 from stroke_seg.data.io import AFFINE_TOLERANCE_MM
 from stroke_seg.errors import StrokeSegError, check_choice, check_range
 
-
-def _available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-# Before ANTs (ITK) is first imported and used: ITK reads this once per process.
-os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(_available_cores()))
+# Before ANTs (ITK) is first imported and used: ITK reads this once per process. One thread
+# keeps registrations bit-identical (see the module doc); the user's own setting wins.
+DEFAULT_ITK_THREADS = 1
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(DEFAULT_ITK_THREADS))
 
 TRANSFORMS = ("identity", "rigid", "affine", "syn")
 METRICS = ("mattes", "gc")
@@ -69,7 +66,8 @@ _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def itk_threads() -> int:
-    """The ITK thread count this process uses (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``)."""
+    """The ITK thread count of this process (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``; ITK
+    read it at its first use, so a later change of the variable has no effect)."""
     return int(os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1"))
 
 

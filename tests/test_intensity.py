@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from stroke_seg.data.synthetic import generate_subject
 from stroke_seg.errors import StrokeSegError
@@ -15,6 +16,7 @@ from stroke_seg.intensity import (
     n4_bias_correction,
     piecewise_linear,
     standardise,
+    tissue_mask,
 )
 
 
@@ -25,25 +27,50 @@ def subjects() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def reference(subjects) -> IntensityReference:
-    return compute_reference(subjects)
+    return compute_reference(subjects, spacing=2.0)
 
 
-def test_reference_is_the_mean_of_brain_percentiles(subjects, reference) -> None:
-    table = np.stack([np.percentile(s[s > 0], PERCENTILES) for s in subjects])
+def test_tissue_mask_erodes_the_rim_in_millimetres(subjects) -> None:
+    brain = subjects[0] > 0
+    two_voxels = tissue_mask(subjects[0], 4.0, 2.0)
+    assert np.array_equal(two_voxels, ndimage.binary_erosion(brain, iterations=2))
+    assert np.array_equal(
+        tissue_mask(subjects[0], 4.0, (1.0, 1.0, 1.2)).sum(),
+        ndimage.binary_erosion(brain, iterations=4).sum(),
+    )
+    assert np.array_equal(tissue_mask(subjects[0], 0.0, 2.0), brain)
+    small = np.zeros((12, 12, 12), np.float32)
+    small[2:10, 2:10, 2:10] = 1.0  # 512 voxels: eroding would leave too few, so it does not
+    assert tissue_mask(small, 4.0, 2.0).sum() == 512
+
+
+def test_reference_is_the_mean_of_brain_tissue_percentiles(subjects, reference) -> None:
+    table = np.stack(
+        [
+            np.percentile(s[ndimage.binary_erosion(s > 0, iterations=2)], PERCENTILES)
+            for s in subjects
+        ]
+    )
     assert np.allclose(reference.landmarks, table.mean(axis=0))
     assert np.allclose(reference.landmarks_sd, table.std(axis=0))
     assert reference.n_scans == 3 and reference.percentiles == PERCENTILES
+    assert reference.erode_mm == 4.0
     assert 0 < reference.landmarks[0] < reference.landmarks[-1] <= 255  # training units
+    plain = compute_reference(subjects, spacing=2.0, erode_mm=0.0)
+    assert np.allclose(
+        plain.landmarks, np.mean([np.percentile(s[s > 0], PERCENTILES) for s in subjects], axis=0)
+    )
+    assert plain.landmarks[0] < reference.landmarks[0]  # the rim is darker than the tissue
     # a generator works as well as a list (training streams its scans)
-    again = compute_reference(s for s in subjects)
+    again = compute_reference((s for s in subjects), spacing=2.0)
     assert again == reference
-    masked = compute_reference(subjects, masks=[s > 100 for s in subjects])
+    masked = compute_reference(subjects, 2.0, masks=[s > 100 for s in subjects], erode_mm=0)
     assert masked.landmarks[0] > 100
 
 
 def test_reference_round_trips_as_plain_data(reference) -> None:
     data = reference.to_dict()
-    assert all(isinstance(v, (list, int)) for v in data.values())
+    assert all(isinstance(v, (list, int, float)) for v in data.values())
     assert IntensityReference.from_dict(data) == reference
     broken = {**data, "landmarks": data["landmarks"][:-1]}
     with pytest.raises(StrokeSegError, match="^model.ckpt has a malformed intensity reference"):
@@ -57,22 +84,23 @@ def test_scanner_units_map_back_onto_the_training_scale(subjects) -> None:
     scan, and its landmarks move with it: standardising onto the scan's own reference
     recovers the 0-255 scan inside the landmark range."""
     scan = subjects[0]
-    ref = compute_reference([scan])
+    ref = compute_reference([scan], spacing=2.0)
     brain = scan > 0
     scanner = np.where(brain, 7.3 * scan + 180.0, 0.0).astype(np.float32)
-    out = standardise(scanner, ref)
+    out = standardise(scanner, ref, 2.0)
     assert out.dtype == np.float32
     assert np.all(out[~brain] == 0)
     assert np.allclose(out[brain], scan[brain], rtol=1e-4, atol=1e-3)
-    assert np.allclose(brain_landmarks(out), ref.landmarks, rtol=1e-4)
+    assert np.allclose(ref.landmarks_of(out, 2.0), ref.landmarks, rtol=1e-4)
 
 
 def test_landmarks_land_on_the_reference_and_the_ends_extrapolate(subjects, reference) -> None:
     scan = subjects[1]
     brain = scan > 0
     curved = np.where(brain, 40.0 * np.sqrt(scan + 1.0), 0.0).astype(np.float32)  # other curve
-    out = standardise(curved, reference)
-    assert np.allclose(brain_landmarks(out), reference.landmarks, rtol=2e-3, atol=0.05)
+    out = standardise(curved, reference, 2.0)
+    assert np.allclose(reference.landmarks_of(out, 2.0), reference.landmarks, rtol=2e-3, atol=0.05)
+    assert not np.allclose(brain_landmarks(out), reference.landmarks, rtol=0.02)  # rim differs
     assert np.all(np.diff(out[brain][np.argsort(curved[brain])]) >= -1e-4)  # monotone
     assert out.min() >= 0.0
     # beyond the last landmark the last segment continues linearly (no clamping)
@@ -85,10 +113,10 @@ def test_landmarks_land_on_the_reference_and_the_ends_extrapolate(subjects, refe
 def test_constant_volume_does_not_crash(reference) -> None:
     flat = np.zeros((20, 20, 20), np.float32)
     flat[5:15, 5:15, 5:15] = 50.0
-    out = standardise(flat, reference)
+    out = standardise(flat, reference, 2.0)
     assert np.isfinite(out).all() and np.all(out[flat == 0] == 0)
     with pytest.raises(ValueError, match="empty"):
-        standardise(np.zeros((4, 4, 4), np.float32), reference)
+        standardise(np.zeros((4, 4, 4), np.float32), reference, 2.0)
 
 
 def test_n4_removes_a_smooth_bias_field() -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from stroke_seg.data.native import native_subject, transform_points
+from stroke_seg.data.native import bad_scans, native_subject, transform_points
 from stroke_seg.data.synthetic import generate_subject
 from stroke_seg.intensity import compute_reference, n4_bias_correction
 from stroke_seg.metrics import dice
@@ -184,33 +184,9 @@ def section_registration(args, template, reference, options) -> dict:
     return out
 
 
-def bad_inputs(seed: int = 5) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The bad inputs of the input-check tests, at 2 mm: (image, affine) by name."""
-    (img, mask, affine, _), nat = native_subject(1, seed, 2.0)
-    rng = np.random.default_rng(seed)
-    noise = rng.uniform(0, 1000, nat.image.shape).astype(np.float32)
-    # only the top 40 % of the brain: zero below, in scanner world z
-    idx = np.argwhere(nat.image > 0)
-    world_z = (nat.affine[:3, :3] @ idx.T + nat.affine[:3, 3:])[2]
-    cut_z = np.percentile(world_z, 60)
-    cut = nat.image.copy()
-    low = idx[world_z < cut_z]
-    cut[tuple(low.T)] = 0.0
-    tiny = nat.affine.copy()
-    tiny[:3, :3] /= 10.0  # voxel size 10x too small in the header
-    inverted = np.where(nat.image > 0, nat.image.max() * 1.05 - nat.image, 0).astype(np.float32)
-    return {
-        "normal": (nat.image, nat.affine),
-        "noise": (noise, nat.affine),
-        "top_40_percent": (cut, nat.affine),
-        "header_10x_small": (nat.image, tiny),
-        "inverted_contrast": (inverted, nat.affine),
-    }
-
-
 def section_bad(args, template, reference, options) -> dict:
     out = {}
-    for name, (image, affine) in bad_inputs().items():
+    for name, (image, affine) in bad_scans(native_subject(1, 5, 2.0)[1]).items():
         start = time.perf_counter()
         prep = prepare_scan(
             image, affine, template, reference, source=f"{name}.nii.gz", registration=options

@@ -234,6 +234,32 @@ def native_subject(
     return subject, make_native_scan(subject[0], subject[1], subject[2], rng, **kwargs)
 
 
+def bad_scans(scan: NativeScan, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Inputs that the input checks (`stroke_seg.quality`) must flag, made from a good native
+    scan, as ``name -> (image, affine)``: ``normal`` (the scan itself), ``noise`` (uniform
+    noise on its grid, not a brain), ``top_40_percent`` (only the top 40 % of the brain in
+    world z: a field of view that cuts it off), ``header_10x_small`` (the voxel size in the
+    header 10x too small) and ``inverted_contrast`` (brain intensities reversed: another
+    contrast)."""
+    rng = np.random.default_rng(seed)
+    noise = rng.uniform(0, 1000, scan.image.shape).astype(np.float32)
+    idx = np.argwhere(scan.image > 0)
+    world_z = (scan.affine[:3, :3] @ idx.T + scan.affine[:3, 3:])[2]
+    cut = scan.image.copy()
+    cut[tuple(idx[world_z < np.percentile(world_z, 60)].T)] = 0.0
+    tiny = scan.affine.copy()
+    tiny[:3, :3] /= 10.0
+    inside = scan.image > 0
+    inverted = np.where(inside, 1.05 * scan.image.max() - scan.image, 0).astype(np.float32)
+    return {
+        "normal": (scan.image, scan.affine),
+        "noise": (noise, scan.affine),
+        "top_40_percent": (cut, scan.affine),
+        "header_10x_small": (scan.image, tiny),
+        "inverted_contrast": (inverted, scan.affine),
+    }
+
+
 def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a 4x4 world -> world matrix to (N, 3) points."""
     matrix = np.asarray(matrix, dtype=np.float64)
