@@ -93,8 +93,8 @@ def reference_from(data: str | None, n: int):
         import nibabel as nib
 
         files = sorted(Path(data).glob("Training/*/*/ses-1/anat/*_T1w.nii.gz"))[:n]
-        return compute_reference(np.asarray(nib.load(str(f)).dataobj) for f in files)
-    return compute_reference(generate_subject(i, 0, 2.0)[0] for i in range(n))
+        return compute_reference((np.asarray(nib.load(str(f)).dataobj) for f in files), 2.0)
+    return compute_reference((generate_subject(i, 0, 2.0)[0] for i in range(n)), 2.0)
 
 
 def section_registration(args, template, reference, options) -> dict:
@@ -225,6 +225,15 @@ def section_e2e(args, template, reference, options) -> dict:
         native_mask = prob_native > predictor.threshold
         raw = predictor.predict(prep.registered, template.affine)  # no standardisation
         raw_native = prep.to_native(raw.prob) > predictor.threshold
+        extra = {}
+        if args.n4:
+            prep_n4 = prepare_scan(
+                nat.image, nat.affine, template, reference, registration=options, n4=True
+            )
+            p_n4 = predictor.predict(prep_n4.volume, template.affine)
+            n4_mask = prep_n4.to_native(p_n4.prob) > predictor.threshold
+            extra["dsc_native_n4"] = dice(n4_mask, nat.mask)
+            extra["n4_s"] = prep_n4.timings.get("n4", float("nan"))
         row = {
             "spacing": spacing,
             "index": index,
@@ -234,6 +243,7 @@ def section_e2e(args, template, reference, options) -> dict:
             "dsc_template_space": dice(pred.mask, mask),
             "dsc_native_unstandardised": dice(raw_native, nat.mask),
             "max_prob_native": float(prob_native.max()),
+            **extra,
             "steps_s": {
                 **{k: round(v, 3) for k, v in prep.timings.items()},
                 "inference": round(t_inf, 3),
@@ -259,6 +269,14 @@ def section_e2e(args, template, reference, options) -> dict:
             "dsc_native": _summary([r["dsc_native"] for r in sel]),
             "dsc_template_space": _summary([r["dsc_template_space"] for r in sel]),
             "dsc_native_unstandardised": _summary([r["dsc_native_unstandardised"] for r in sel]),
+            **(
+                {
+                    "dsc_native_n4": _summary([r["dsc_native_n4"] for r in sel]),
+                    "n4_minus_plain": _summary([r["dsc_native_n4"] - r["dsc_native"] for r in sel]),
+                }
+                if args.n4
+                else {}
+            ),
             "native_minus_mni": _summary(diff),
             "steps_s": {
                 k: _summary([r["steps_s"].get(k, 0.0) for r in sel])
