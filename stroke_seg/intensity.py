@@ -22,12 +22,13 @@ dependencies) to the project for one ``np.interp``. Here the reference is plain 
 floats) that training stores in the checkpoint, and the mapping is a few lines of numpy.
 
 The brain is the volume's nonzero voxels (our template and synthetic data are skull-stripped
-with an exact 0 background), and the landmarks are taken on the brain eroded by 4 mm
-(`tissue_mask`): the partial-volume rim at the brain's edge changes with every resampling and
-would otherwise move the low landmarks, which govern the dark range where chronic lesions
-lie. Optional N4 bias-field correction (ANTsPy's
-``n4_bias_field_correction``) removes a smooth multiplicative field in the scan's own space,
-before registration.
+with an exact 0 background). The landmarks are taken inside the template's brain mask eroded
+by 4 mm (`tissue_mask`), for the training scans and for every scan registered to the template
+alike: the partial-volume rim at a scan's edge changes with every resampling and would
+otherwise move the low landmarks, which govern the dark range where chronic lesions lie.
+
+Optional N4 bias-field correction (ANTsPy's ``n4_bias_field_correction``) removes a smooth
+multiplicative field in the scan's own space, before registration.
 """
 
 from __future__ import annotations
@@ -48,23 +49,30 @@ def tissue_mask(
     volume: np.ndarray,
     erode_mm: float,
     spacing: float | Sequence[float],
-    mask: np.ndarray | None = None,
+    brain: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The brain (`mask`, default: the nonzero voxels) eroded by `erode_mm` millimetres.
+    """Where the landmarks are measured: `brain` (default: the volume's nonzero voxels) eroded
+    by `erode_mm` millimetres, and only where the volume has data (nonzero).
 
     The outermost voxels of a brain-only scan mix brain and background, and how many there
-    are depends on the scan's resolution and on every resampling it went through (a native
-    scan resampled onto the template grid gains a rim of low values); left in, they move the
-    low landmarks by up to a fifth of the intensity range (measured on our native scans).
-    Eroding them away measures the tissue itself. Falls back to the un-eroded brain when the
-    erosion would leave fewer than 1000 voxels (tiny test volumes)."""
-    brain = np.asarray(volume) != 0 if mask is None else np.asarray(mask, dtype=bool)
+    are depends on the scan's resolution and on every resampling it went through: a native
+    scan resampled onto the template grid gains a rim of low values one to two voxels wide,
+    wider than the training scans'. Left in, it moved the low landmarks by up to a third of
+    the range, the standardisation then lifted the rim and the dark tissue (where chronic
+    lesions lie) and the demo model found nothing (measured: native DSC 0.00-0.03 instead of
+    0.85). On the template grid the brain to erode is therefore the *template's* brain mask,
+    the same for the training scans and for every registered scan whatever its own rim.
+    Falls back to the un-eroded brain when the erosion would leave fewer than 1000 voxels
+    (tiny test volumes)."""
+    data = np.asarray(volume) != 0
+    region = data if brain is None else np.asarray(brain, dtype=bool) & data
     step = float(np.min(np.atleast_1d(spacing)))
     iterations = int(round(float(erode_mm) / step)) if erode_mm > 0 else 0
     if iterations == 0:
-        return brain
-    eroded = ndimage.binary_erosion(brain, iterations=iterations)
-    return eroded if eroded.sum() >= 1000 else brain
+        return region
+    base = data if brain is None else np.asarray(brain, dtype=bool)
+    eroded = ndimage.binary_erosion(base, iterations=iterations) & data
+    return eroded if eroded.sum() >= 1000 else region
 
 
 def brain_landmarks(
@@ -92,6 +100,8 @@ class IntensityReference:
         n_scans: how many scans the reference was computed from.
         erode_mm: the brain was eroded by this much before the landmarks were taken
             (`tissue_mask`); new scans are measured the same way.
+        brain: ``template`` (landmarks inside the template's brain mask, for scans on the
+            template grid) or ``nonzero`` (inside each scan's own nonzero voxels).
     """
 
     percentiles: tuple[float, ...]
@@ -99,6 +109,7 @@ class IntensityReference:
     landmarks_sd: tuple[float, ...]
     n_scans: int
     erode_mm: float = 0.0
+    brain: str = "nonzero"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -113,6 +124,8 @@ class IntensityReference:
             raise ValueError("percentiles and landmarks must increase strictly")
         if not 0.0 <= self.erode_mm <= 20.0:
             raise ValueError(f"erode_mm={self.erode_mm} must lie in [0, 20]")
+        if self.brain not in ("template", "nonzero"):
+            raise ValueError(f"brain={self.brain!r} must be 'template' or 'nonzero'")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and numbers (for ``hyper_parameters`` in a checkpoint)."""
@@ -122,6 +135,7 @@ class IntensityReference:
             "landmarks_sd": list(self.landmarks_sd),
             "n_scans": self.n_scans,
             "erode_mm": self.erode_mm,
+            "brain": self.brain,
         }
 
     @classmethod
@@ -136,6 +150,7 @@ class IntensityReference:
                 data["landmarks_sd"],
                 data["n_scans"],
                 data.get("erode_mm", 0.0),
+                data.get("brain", "nonzero"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise StrokeSegError(
@@ -149,35 +164,45 @@ class IntensityReference:
         return (land - land[0]) / (land[-1] - land[0])
 
     def landmarks_of(
-        self, volume: np.ndarray, spacing: float | Sequence[float], mask: np.ndarray | None = None
+        self,
+        volume: np.ndarray,
+        spacing: float | Sequence[float],
+        template_mask: np.ndarray | None = None,
     ) -> np.ndarray:
-        """A scan's landmarks measured as the reference's were (same percentiles, same
-        erosion of its brain)."""
-        tissue = tissue_mask(volume, self.erode_mm, spacing, mask)
-        return brain_landmarks(volume, tissue, self.percentiles)
+        """A scan's landmarks measured as the reference's: same percentiles, same erosion, and
+        inside the template's brain mask when the reference was computed with one."""
+        if self.brain == "template" and template_mask is None:
+            raise ValueError("this reference was measured in the template brain mask; pass it")
+        brain = template_mask if self.brain == "template" else None
+        return brain_landmarks(
+            volume, tissue_mask(volume, self.erode_mm, spacing, brain), self.percentiles
+        )
 
 
 def compute_reference(
     volumes: Iterable[np.ndarray],
     spacing: float | Sequence[float],
-    masks: Iterable[np.ndarray | None] | None = None,
+    template_mask: np.ndarray | None = None,
     percentiles: Sequence[float] = PERCENTILES,
     erode_mm: float = 4.0,
 ) -> IntensityReference:
     """The reference of a list (or any iterable, e.g. a generator reading files one at a
-    time) of training volumes with voxel size `spacing` (mm); each brain is its nonzero
-    voxels unless `masks` are given, eroded by `erode_mm` (`tissue_mask`)."""
+    time) of training volumes with voxel size `spacing` (mm).
+
+    With `template_mask` (the template's brain on the same grid, as the training scans of
+    this project are), the landmarks are measured inside it eroded by `erode_mm`, where every
+    registered scan is measured too (`tissue_mask`); without it, inside each volume's own
+    nonzero voxels eroded by `erode_mm`."""
     rows = []
-    mask_iter = iter(masks) if masks is not None else None
     for volume in volumes:
-        mask = next(mask_iter) if mask_iter is not None else None
-        tissue = tissue_mask(volume, erode_mm, spacing, mask)
+        tissue = tissue_mask(volume, erode_mm, spacing, template_mask)
         rows.append(brain_landmarks(volume, tissue, percentiles))
     if not rows:
         raise ValueError("compute_reference needs at least one volume")
     table = np.stack(rows)
+    brain = "nonzero" if template_mask is None else "template"
     return IntensityReference(
-        tuple(percentiles), table.mean(axis=0), table.std(axis=0), len(rows), erode_mm
+        tuple(percentiles), table.mean(axis=0), table.std(axis=0), len(rows), erode_mm, brain
     )
 
 
@@ -205,19 +230,19 @@ def standardise(
     volume: np.ndarray,
     reference: IntensityReference,
     spacing: float | Sequence[float],
-    mask: np.ndarray | None = None,
+    template_mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    """`volume` (voxel size `spacing`, mm) mapped onto `reference` inside the brain (its
-    nonzero voxels unless `mask`).
+    """`volume` (voxel size `spacing`, mm) mapped onto `reference` at every nonzero voxel.
 
-    The volume's landmarks are measured as the reference's (`IntensityReference.landmarks_of`);
-    every brain voxel is mapped piecewise-linearly from them to the reference's landmarks,
+    The volume's landmarks are measured as the reference's (`IntensityReference.landmarks_of`,
+    inside `template_mask` when the reference was measured in the template's brain); every
+    nonzero voxel is mapped piecewise-linearly from them to the reference's landmarks,
     extrapolated linearly beyond the first and last, and kept > 0 (the training scans are
-    >= 0); voxels outside the brain are 0. Returns float32.
+    >= 0); zero voxels stay 0. Returns float32.
     """
     volume = np.asarray(volume)
-    inside = volume != 0 if mask is None else np.asarray(mask, dtype=bool)
-    own = _strictly_increasing(reference.landmarks_of(volume, spacing, inside))
+    inside = volume != 0
+    own = _strictly_increasing(reference.landmarks_of(volume, spacing, template_mask))
     out = np.zeros(volume.shape, np.float32)
     values = volume[inside].astype(np.float64)
     mapped = piecewise_linear(values, own, np.asarray(reference.landmarks))

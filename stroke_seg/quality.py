@@ -270,7 +270,7 @@ def check_registered(
         "scan with a correct header",
     )
     if reference is not None and has_data.any():
-        own = reference.landmarks_of(registered, template.spacing, has_data)
+        own = reference.landmarks_of(registered, template.spacing, template.brain_mask)
         span = own[-1] - own[0]
         shape = (own - own[0]) / span if span > 0 else np.zeros_like(own)
         shape_error = float(np.abs(shape - reference.normalised()).max())
@@ -284,7 +284,7 @@ def check_registered(
             "has a brain intensity histogram unlike the training T1 scans' (landmark error "
             "{value:.2f}), so it is probably another contrast or not a brain; pass a T1 scan",
         )
-        seen = reference.landmarks_of(standardised, template.spacing, standardised != 0)
+        seen = reference.landmarks_of(standardised, template.spacing, template.brain_mask)
         model_median = float(np.interp(50.0, reference.percentiles, seen))
         ref_median = float(np.interp(50.0, reference.percentiles, reference.landmarks))
         level_error = abs(model_median / ref_median - 1.0) if ref_median > 0 else np.nan

@@ -129,7 +129,7 @@ def prepare_scan(
     volume = registered
     if do_standardise:
         start = time.perf_counter()
-        volume = standardise(registered, reference, template.spacing)
+        volume = standardise(registered, reference, template.spacing, template.brain_mask)
         timings["standardise"] = time.perf_counter() - start
     start = time.perf_counter()
     checks = check_registered(

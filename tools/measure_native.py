@@ -86,15 +86,17 @@ def _summary(values: list[float]) -> dict:
     }
 
 
-def reference_from(data: str | None, n: int):
+def reference_from(data: str | None, n: int, template):
     """The intensity reference of the training scans: files of a synthetic set, or the first
     `n` seed-0 subjects generated at 2 mm (the demo's training data)."""
     if data:
         import nibabel as nib
 
         files = sorted(Path(data).glob("Training/*/*/ses-1/anat/*_T1w.nii.gz"))[:n]
-        return compute_reference((np.asarray(nib.load(str(f)).dataobj) for f in files), 2.0)
-    return compute_reference((generate_subject(i, 0, 2.0)[0] for i in range(n)), 2.0)
+        volumes = (np.asarray(nib.load(str(f)).dataobj) for f in files)
+    else:
+        volumes = (generate_subject(i, 0, 2.0)[0] for i in range(n))
+    return compute_reference(volumes, 2.0, template.brain_mask)
 
 
 def section_registration(args, template, reference, options) -> dict:
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed == 0:
         parser.error("--seed 0 made the training set; use another")
     template = load_template(2.0)
-    reference = reference_from(args.reference_data, args.n_reference)
+    reference = reference_from(args.reference_data, args.n_reference, template)
     options = RegistrationOptions()
     results: dict = {
         "itk_threads": itk_threads(),
