@@ -211,6 +211,8 @@ class RegistrationOptions:
         registration_spacing: mm; both images are resampled to it for the estimation only.
         seed: ``ANTS_RANDOM_SEED`` for the metric sampling.
         syn_iterations: SyN's iterations per level (coarse to fine), with ``transform=syn``.
+        interpolation: how the scan is resampled onto the template grid: ``linear`` or
+            ``bSpline`` (sharper, negative overshoot clipped to 0).
     """
 
     transform: str = "affine"
@@ -223,10 +225,12 @@ class RegistrationOptions:
     registration_spacing: float = 2.0
     seed: int = 20200
     syn_iterations: tuple[int, ...] = (40, 20, 0)
+    interpolation: str = "linear"
 
     def __post_init__(self) -> None:
         check_choice("transform", self.transform, TRANSFORMS)
         check_choice("metric", self.metric, METRICS)
+        check_choice("interpolation", self.interpolation, ("linear", "bSpline"))
         check_range("sampling_rate", self.sampling_rate, 0.01, 1.0)
         check_range("registration_spacing", self.registration_spacing, 0.5, 8.0)
         check_range("bins", self.bins, 8, 256)
@@ -495,12 +499,17 @@ def register_to_template(
                 # [warp, affine] and [affine, inverse warp]: the initial affine is collapsed in
                 files, inverse = list(reg["fwdtransforms"]), list(reg["invtransforms"])
     start = time.perf_counter()
-    warped = ants.apply_transforms(fixed_full, moving_full, files, interpolator="linear")
+    warped = ants.apply_transforms(
+        fixed_full, moving_full, files, interpolator=options.interpolation
+    )
     timings["resample"] = time.perf_counter() - start
     mapping = TemplateMapping(
         image.shape, affine, template, options.transform, files, inverse, workdir, timings
     )
-    return warped.numpy().astype(np.float32), mapping
+    out = warped.numpy().astype(np.float32)
+    if options.interpolation != "linear":
+        np.maximum(out, 0.0, out=out)
+    return out, mapping
 
 
 def _template_at(template: Template, spacing: float) -> tuple[np.ndarray, np.ndarray]:

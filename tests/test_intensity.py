@@ -118,7 +118,7 @@ def test_scanner_units_map_back_onto_the_training_scale(subjects) -> None:
     out = standardise(scanner, ref, 2.0)
     assert out.dtype == np.float32
     assert np.all(out[~brain] == 0)
-    assert np.allclose(out[brain], scan[brain], rtol=1e-4, atol=1e-3)
+    assert np.allclose(out[brain], scan[brain], rtol=1e-4, atol=5e-3)
     assert np.allclose(ref.landmarks_of(out, 2.0), ref.landmarks, rtol=1e-4)
 
 

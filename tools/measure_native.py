@@ -298,13 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-data", default=None, help="synthetic set for the reference")
     parser.add_argument("--n-reference", type=int, default=20)
     parser.add_argument("--n4", action="store_true", help="also time N4 at 1 mm")
+    parser.add_argument("--interpolation", default="linear", help="linear or bSpline")
     parser.add_argument("--out", default=None, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     if args.seed == 0:
         parser.error("--seed 0 made the training set; use another")
     template = load_template(2.0)
     reference = reference_from(args.reference_data, args.n_reference, template)
-    options = RegistrationOptions()
+    options = RegistrationOptions(interpolation=args.interpolation)
     results: dict = {
         "itk_threads": itk_threads(),
         "seed": args.seed,
