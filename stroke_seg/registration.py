@@ -50,7 +50,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from stroke_seg.data.io import AFFINE_TOLERANCE_MM
+from stroke_seg.data.checks import AFFINE_TOLERANCE_MM
 from stroke_seg.errors import StrokeSegError, check_choice, check_range
 
 # Before ANTs (ITK) is first imported and used: ITK reads this once per process. One thread

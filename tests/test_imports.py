@@ -44,7 +44,13 @@ LAYERS: dict[str, int] = {
     "metrics": 2,
     "stats": 2,
     "losses": 2,
-    "postprocess": 2,  # connected-component post-processing, shared by inference and tasks
+    "postprocess": 2,
+    # Native-space scans (issue 9): registration and intensity standardisation, the input
+    # checks built on them, and the pipeline that joins them for inference.
+    "registration": 2,
+    "intensity": 2,
+    "quality": 2,
+    "template_space": 3,  # connected-component post-processing, shared by inference and tasks
     # 3: what puts them together: the Lightning module, inference, callbacks, reports
     "lit_module": 3,
     "inference": 3,
