@@ -29,17 +29,17 @@ The figures (all cheap, computed on the template grid):
 - ``intensity_level_error``: the relative difference between the scan's median brain-tissue
   intensity, as the model will see it, and the reference's (a scan that was not standardised).
 
-`DEFAULT_THRESHOLDS` were calibrated with tools/measure_native.py on 10 synthetic native
-scans (seed 1; 8 at 2 x 2 x 2.4 mm, 2 at 1 x 1 x 1.2 mm; reference from 30 training scans),
-whose figures ranged: extent ratio 1.00-1.07, shortest-axis ratio 0.97-1.05, registration
-scale 0.97-1.03, coverage 0.998-1.0, correlation 0.62-0.85 (MNI-space training scans
-themselves: 0.50-0.73, the synthetic anatomy is warped), shape error 0.02-0.16 (training
-scans among themselves: up to 0.10), level error 0.0 after standardisation. The bad inputs
-gave: uniform noise correlation 0.00; top 40 % of a brain shortest-axis ratio 0.45 (an affine
-registration then stretches it over the template: scale 0.71, coverage 0.96, so coverage
-alone does not see it); voxel size 10x too small extent ratio 0.10; inverted contrast
-correlation -0.59 and shape error 0.32. The limits sit between the two groups, the warn limits
-a margin outside the normal range. The figures of a scan go to ``lesions.csv``.
+`DEFAULT_THRESHOLDS` were calibrated with tools/measure_native.py on 28 synthetic native
+scans (seed 1; 16 at 2 x 2 x 2.4 mm, 12 at 1 x 1 x 1.2 mm; reference from 30 training scans),
+whose figures ranged: extent ratio 0.99-1.07, shortest-axis ratio 0.96-1.05, registration
+scale 0.96-1.03, coverage 0.993-1.0, correlation 0.57-0.84 (MNI-space training scans
+themselves: 0.50-0.73, the synthetic anatomy is warped), shape error 0.02-0.12, level error
+0.0 after standardisation. The bad inputs gave: uniform noise correlation 0.00; top 40 % of a
+brain shortest-axis ratio 0.45 (an affine registration then stretches it over the template:
+scale 0.71, coverage 0.96, so coverage alone does not see it); voxel size 10x too small extent
+ratio 0.10; inverted contrast correlation -0.61 and shape error 0.30. The limits sit between
+the two groups, the warn limits a margin outside the normal range. The figures of a scan go
+to ``lesions.csv``.
 """
 
 from __future__ import annotations
