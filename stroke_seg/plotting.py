@@ -67,10 +67,13 @@ def plot_case_slices(
     path: str | Path,
     title: str = "",
     n_slices: int = 5,
+    reference_label: str = "reference",
 ) -> Path:
     """Axial slices through the lesion: T1 in grey, reference outline in green, predicted
-    outline in red. Slices are spread over the z-range of reference ∪ prediction (or the
-    whole volume when both are empty). Arrays are (x, y, z) as in the NIfTI file."""
+    outline in red. The green outline may be another region, named by `reference_label`
+    (prediction's registration QC outlines the template's brain on the registered scan).
+    Slices are spread over the z-range of reference ∪ prediction (or the whole volume when
+    both are empty). Arrays are (x, y, z) as in the NIfTI file."""
     image = np.asarray(image, dtype=np.float32)
     prediction = np.asarray(prediction) > 0.5
     reference = None if reference is None else np.asarray(reference) > 0.5
@@ -94,7 +97,7 @@ def plot_case_slices(
         ax.set_title(f"z={z}", fontsize=8)
         ax.axis("off")
     fig.suptitle(
-        f"{title}  (green: reference, red: prediction)"
+        f"{title}  (green: {reference_label}, red: prediction)"
         if reference is not None
         else f"{title}  (red: prediction)",
         fontsize=9,

@@ -50,6 +50,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from stroke_seg.atomic import atomic_path
 from stroke_seg.data.checks import AFFINE_TOLERANCE_MM
 from stroke_seg.errors import StrokeSegError, check_choice, check_range
 
@@ -369,26 +370,17 @@ class TemplateMapping:
             if src is not None
             else ants.create_ants_transform(transform_type="AffineTransform", dimension=3)
         )
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mat")
-        try:
+        # Written under the project's temporary names (`stroke_seg.atomic`), so that a
+        # killed run's leftovers are recognised and removed like every other result's.
+        with atomic_path(path, keep_suffix=True) as tmp:
             ants.write_transform(tx, str(tmp))
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         warps = [f for f in self._files if f.endswith(".nii.gz")]
         inverse = [f for f in self._inverse_files if f.endswith(".nii.gz")]
         stem = path.name[: -len(".mat")] if path.name.endswith(".mat") else path.stem
         for files, suffix in ((warps, "_warp.nii.gz"), (inverse, "_inverse_warp.nii.gz")):
             for f in files:
-                target = path.with_name(stem + suffix)
-                tmp_w = target.with_name(f".{target.name}.{os.getpid()}.tmp.nii.gz")
-                try:
+                with atomic_path(path.with_name(stem + suffix), keep_suffix=True) as tmp_w:
                     ants.image_write(ants.image_read(f), str(tmp_w))
-                    os.replace(tmp_w, target)
-                finally:
-                    if tmp_w.exists():
-                        tmp_w.unlink()
         return path
 
 

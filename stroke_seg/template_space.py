@@ -12,6 +12,12 @@ back onto the scan's grid (`PreparedScan.to_native`), where the caller threshold
 A scan already on the template grid takes today's path: no registration and, with
 ``standardise="auto"``, no standardisation either, so that its prediction is bit-identical
 to the direct path; the checks still run and flag intensities unlike the training scans'.
+
+`predict_in_template_space` is the whole path for one scan, shared by ``predict.py`` and the
+measurements (tools/measure_native.py): prepare, predict on the template grid with a
+`stroke_seg.inference.Predictor`, threshold and post-process there (the template-space mask,
+for group lesion maps) and, separately, on the scan's own grid after bringing the probability
+map back (the native mask).
 """
 
 from __future__ import annotations
@@ -20,9 +26,13 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
+from stroke_seg.data.io import spacing_of
 from stroke_seg.errors import check_choice
+from stroke_seg.inference import Predictor
 from stroke_seg.intensity import IntensityReference, n4_bias_correction, standardise
+from stroke_seg.postprocess import remove_small_components, structure
 from stroke_seg.quality import (
     DEFAULT_THRESHOLDS,
     QualityReport,
@@ -143,3 +153,105 @@ def prepare_scan(
     )
     timings["checks"] = timings.get("checks", 0.0) + time.perf_counter() - start
     return PreparedScan(volume, registered, mapping, header.merge(checks), do_standardise, timings)
+
+
+@dataclass
+class TemplateSpacePrediction:
+    """One scan's prediction through the template space.
+
+    Attributes:
+        prepared: the registered, standardised, checked scan (`prepare_scan`).
+        prob: lesion probability on the scan's own grid (float32).
+        mask: the native mask: ``prob`` > threshold, then components below the predictor's
+            ``min_lesion_mm3`` dropped on the scan's grid (uint8 0/1).
+        template_prob, template_mask: the same on the template grid (the mask thresholded
+            and post-processed there, not resampled from the native one).
+        mode: the spatial strategy the predictor used on the template grid.
+        removed_lesions: components the post-processing dropped from the native mask.
+    """
+
+    prepared: PreparedScan
+    prob: np.ndarray
+    mask: np.ndarray
+    template_prob: np.ndarray
+    template_mask: np.ndarray
+    mode: str
+    removed_lesions: int = 0
+
+
+def predict_in_template_space(
+    predictor: Predictor,
+    image: np.ndarray,
+    affine: np.ndarray,
+    template: Template,
+    reference: IntensityReference | None,
+    **prepare_options,
+) -> TemplateSpacePrediction | PreparedScan:
+    """Register, standardise and check one scan, predict on the template grid, and bring the
+    result back onto the scan's grid.
+
+    Returns the `PreparedScan` alone when its checks refuse it (``quality.refuse``): nothing
+    was predicted. `prepare_options` go to `prepare_scan` (``source``, ``registration``,
+    ``standardise_mode``, ``n4``, ``thresholds``).
+    """
+    prepared = prepare_scan(image, affine, template, reference, **prepare_options)
+    if prepared.quality.refuse:
+        return prepared
+    start = time.perf_counter()
+    # On the template grid, the predictor takes its direct (no resampling) path.
+    on_template = predictor.predict(prepared.volume, template.affine)
+    prepared.timings["inference"] = time.perf_counter() - start
+    template_prob = on_template.prob
+    template_mask, removed = postprocessed(template_prob, template.spacing, predictor)
+    if prepared.mapping.is_identity:
+        return TemplateSpacePrediction(
+            prepared,
+            template_prob,
+            template_mask,
+            template_prob,
+            template_mask,
+            on_template.mode,
+            removed,
+        )
+    prob = prepared.to_native(template_prob).astype(np.float32)
+    mask, removed = postprocessed(prob, spacing_of(affine), predictor)
+    return TemplateSpacePrediction(
+        prepared, prob, mask, template_prob, template_mask, on_template.mode, removed
+    )
+
+
+def postprocessed(
+    prob: np.ndarray, spacing: tuple[float, float, float], predictor: Predictor
+) -> tuple[np.ndarray, int]:
+    """The predictor's mask of a probability map on a grid of `spacing` mm (threshold, then
+    its ``min_lesion_mm3`` post-processing), and how many components that dropped."""
+    binary = (prob > predictor.threshold).astype(np.uint8)
+    if predictor.min_lesion_mm3 <= 0:
+        return binary, 0
+    mask = remove_small_components(
+        binary, spacing, predictor.min_lesion_mm3, predictor.connectivity
+    )
+    return mask, count_components(binary, predictor.connectivity) - count_components(
+        mask, predictor.connectivity
+    )
+
+
+def count_components(mask: np.ndarray, connectivity: int = 6) -> int:
+    """The number of connected components (lesions) of a mask."""
+    return int(ndimage.label(np.asarray(mask) > 0, structure=structure(connectivity))[1])
+
+
+def hemisphere(template_mask: np.ndarray, template_affine: np.ndarray) -> str:
+    """Which side of the template's midline (world x = 0 in MNI space; x > 0 is right in
+    RAS) the lesion lies on: ``left``, ``right``, ``bilateral`` (at least 10 % of its volume
+    on each side) or ``none`` (no lesion)."""
+    idx = np.argwhere(np.asarray(template_mask) > 0)
+    if idx.size == 0:
+        return "none"
+    x = idx @ np.asarray(template_affine)[0, :3] + np.asarray(template_affine)[0, 3]
+    right = float((x > 0).mean())
+    if right >= 0.9:
+        return "right"
+    if right <= 0.1:
+        return "left"
+    return "bilateral"

@@ -89,7 +89,8 @@ def group_options() -> list[tuple[str, str]]:
             (config, f"{group}={f.stem}") for f in sorted((CONF_DIR / group).glob("*.yaml"))
         ]
     launchers = sorted((CONF_DIR / "hydra/launcher").glob("*"))
-    options += [("train", f"hydra/launcher={f.stem}") for f in launchers]
+    # Prediction shards run through the same launchers (predict.py has no trainer group).
+    options += [(c, f"hydra/launcher={f.stem}") for f in launchers for c in ("train", "predict")]
     return options
 
 

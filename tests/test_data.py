@@ -23,6 +23,7 @@ from stroke_seg.data.splits import (
     subject_group,
 )
 from stroke_seg.errors import StrokeSegError, config_section
+from stroke_seg.intensity import PERCENTILES, IntensityReference, brain_landmarks, tissue_mask
 from tests.helpers import (
     bids_paths,
     make_r12_tree,
@@ -381,6 +382,15 @@ def test_datamodule_split_and_preprocessing_are_the_shared_contracts(tiny_bids):
     assert dm.split == resolve_split(list(dm.cases), None, seed=4, proportions=(6, 1, 1))
     pre = dm.preprocessing()
     first = load_case(dm.cases[dm.split["train"][0]])
+    # The intensity reference: every training scan's landmarks inside its own eroded nonzero
+    # voxels (the tiny grid is not the template's), averaged.
+    train = [load_case(dm.cases[s])["image"] for s in dm.split["train"]]
+    landmarks = np.mean(
+        [brain_landmarks(v, tissue_mask(v, 4.0, 2.0), PERCENTILES) for v in train], axis=0
+    )
+    reference = IntensityReference.from_dict(pre.intensity_reference)
+    assert reference.n_scans == len(train) == 6 and reference.brain == "nonzero"
+    np.testing.assert_allclose(reference.landmarks, landmarks, rtol=1e-6)
     assert pre == Preprocessing(
         intensity_mode="divide",
         intensity_divisor=255.0,
@@ -388,16 +398,43 @@ def test_datamodule_split_and_preprocessing_are_the_shared_contracts(tiny_bids):
         eval_crop=(20, 24, 16),
         spacing=spacing_of(first["affine"]),
         grid_shape=first["image"].shape,
+        template="MNI152NLin2009aSym",
+        intensity_reference=reference.to_dict(),
     )
-    assert pre.to_dict() == {
+    plain = pre.to_dict()
+    assert plain.pop("intensity_reference") == reference.to_dict()
+    assert plain == {
         "intensity_mode": "divide",
         "intensity_divisor": 255.0,
         "crop_size": [16, 12, 8],
         "eval_crop": [20, 24, 16],
         "spacing": [2.0, 2.0, 2.0],
         "grid_shape": [24, 28, 20],
+        "template": "MNI152NLin2009aSym",
     }
     assert Preprocessing.from_dict(pre.to_dict()) == pre
+    # fewer reference scans on request, and no template recorded when the config says none
+    few = tiny_datamodule(tiny_bids, split_seed=4, reference_scans=2, template=None)
+    pre_few = few.preprocessing()
+    assert pre_few.template is None
+    assert IntensityReference.from_dict(pre_few.intensity_reference).n_scans == 2
+
+
+def test_scans_on_the_template_grid_are_measured_inside_the_template_brain(tmp_path):
+    """The synthetic set lies on the template grid: its reference is measured where every
+    registered scan is measured too, inside the template's (eroded) brain mask."""
+    from stroke_seg.data.synthetic import generate_dataset
+    from stroke_seg.registration import load_template
+
+    generate_dataset(tmp_path, 3, seed=0, spacing=2.0)
+    dm = StrokeDataModule(str(tmp_path), layout="synthetic", split_proportions=(1, 1, 1))
+    reference = IntensityReference.from_dict(dm.preprocessing().intensity_reference)
+    brain = load_template(2.0).brain_mask
+    (image,) = [load_case(dm.cases[s])["image"] for s in dm.split["train"]]
+    expected = brain_landmarks(image, tissue_mask(image, 4.0, 2.0, brain), PERCENTILES)
+    assert reference.brain == "template" and reference.n_scans == 1
+    np.testing.assert_allclose(reference.landmarks, expected, rtol=1e-6)
+    assert reference.landmarks_sd == (0.0,) * len(PERCENTILES)
 
 
 @pytest.mark.parametrize(

@@ -38,19 +38,20 @@ LAYERS: dict[str, int] = {
     "data.checks": 1,
     "data.io": 1,
     "data.preprocessing": 1,
+    "shards": 1,  # splitting a prediction run over processes, merging their tables
     # 2: data pipeline, networks, metrics and losses
     "data": 2,
     "models": 2,
     "metrics": 2,
     "stats": 2,
     "losses": 2,
-    "postprocess": 2,
-    # Native-space scans (issue 9): registration and intensity standardisation, the input
-    # checks built on them, and the pipeline that joins them for inference.
+    "postprocess": 2,  # connected-component post-processing, shared by inference and tasks
+    # Native-space scans: registration and intensity standardisation, the input checks built
+    # on them, and (3) the pipeline that joins them with inference.
     "registration": 2,
     "intensity": 2,
     "quality": 2,
-    "template_space": 3,  # connected-component post-processing, shared by inference and tasks
+    "template_space": 3,
     # 3: what puts them together: the Lightning module, inference, callbacks, reports
     "lit_module": 3,
     "inference": 3,

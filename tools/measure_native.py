@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from stroke_seg.data.native import bad_scans, native_subject, transform_points
 from stroke_seg.data.synthetic import generate_subject
-from stroke_seg.intensity import compute_reference, n4_bias_correction
+from stroke_seg.intensity import IntensityReference, compute_reference, n4_bias_correction
 from stroke_seg.metrics import dice
 from stroke_seg.registration import (
     RegistrationOptions,
@@ -47,7 +47,7 @@ from stroke_seg.registration import (
     register_to_template,
 )
 from stroke_seg.stats import bootstrap_ci
-from stroke_seg.template_space import prepare_scan
+from stroke_seg.template_space import predict_in_template_space, prepare_scan
 
 
 def _cpu() -> float:
@@ -207,10 +207,26 @@ def section_bad(args, template, reference, options) -> dict:
     return out
 
 
-def section_e2e(args, template, reference, options) -> dict:
+def load_predictor(ckpt: str):
+    """The predictor of a checkpoint with the inference defaults (conf/inference/default.yaml)
+    on the CPU, as predict.py builds it."""
+    from omegaconf import OmegaConf
+
+    from stroke_seg.config import config_path
     from stroke_seg.inference import Predictor
 
-    predictor = Predictor.from_checkpoints(args.ckpt, tta=False)
+    options = OmegaConf.load(Path(config_path()) / "inference" / "default.yaml")
+    options.device = "cpu"
+    return Predictor.from_config(ckpt, options)
+
+
+def section_e2e(args, template, reference, options) -> dict:
+    """predict.py's path (`predict_in_template_space`) on native scans vs the direct path on
+    the same subjects in MNI space."""
+    predictor = load_predictor(args.ckpt)
+    recorded = predictor.preprocessing.intensity_reference
+    if recorded is not None:  # the checkpoint's own, as predict.py uses it
+        reference = IntensityReference.from_dict(recorded)
     rows = []
     plan = [(2.0, i) for i in range(args.n2)] + [(1.0, i) for i in range(args.n1)]
     for spacing, index in plan:
@@ -219,40 +235,32 @@ def section_e2e(args, template, reference, options) -> dict:
         start = time.perf_counter()
         mni = predictor.predict(img, affine)
         t_mni = time.perf_counter() - start
-        prep = prepare_scan(nat.image, nat.affine, template, reference, registration=options)
-        start = time.perf_counter()
-        pred = predictor.predict(prep.volume, template.affine)
-        t_inf = time.perf_counter() - start
-        prob_native = prep.to_native(pred.prob)
-        native_mask = prob_native > predictor.threshold
-        raw = predictor.predict(prep.registered, template.affine)  # no standardisation
-        raw_native = prep.to_native(raw.prob) > predictor.threshold
-        extra = {}
+        variants = {"": {}, "_unstandardised": {"standardise_mode": "never"}}
         if args.n4:
-            prep_n4 = prepare_scan(
-                nat.image, nat.affine, template, reference, registration=options, n4=True
+            variants["_n4"] = {"n4": True}
+        results = {}
+        for suffix, extra in variants.items():
+            start = time.perf_counter()
+            results[suffix] = predict_in_template_space(
+                predictor, nat.image, nat.affine, template, reference, registration=options, **extra
             )
-            p_n4 = predictor.predict(prep_n4.volume, template.affine)
-            n4_mask = prep_n4.to_native(p_n4.prob) > predictor.threshold
-            extra["dsc_native_n4"] = dice(n4_mask, nat.mask)
-            extra["n4_s"] = prep_n4.timings.get("n4", float("nan"))
+            results[suffix].prepared.timings["total"] = time.perf_counter() - start
+        plain = results[""]
         row = {
             "spacing": spacing,
             "index": index,
             "lesion_mm3": info["lesion_volume_mm3"],
             "dsc_mni": dice(mni.mask, mask),
-            "dsc_native": dice(native_mask, nat.mask),
-            "dsc_template_space": dice(pred.mask, mask),
-            "dsc_native_unstandardised": dice(raw_native, nat.mask),
-            "max_prob_native": float(prob_native.max()),
-            **extra,
-            "steps_s": {
-                **{k: round(v, 3) for k, v in prep.timings.items()},
-                "inference": round(t_inf, 3),
-            },
+            "dsc_native": dice(plain.mask, nat.mask),
+            "dsc_template_space": dice(plain.template_mask, mask),
+            **{f"dsc_native{k}": dice(r.mask, nat.mask) for k, r in results.items() if k},
+            "max_prob_native": float(plain.prob.max()),
+            "steps_s": {k: round(v, 3) for k, v in plain.prepared.timings.items()},
             "mni_inference_s": t_mni,
-            "warnings": prep.quality.warnings,
+            "warnings": plain.prepared.quality.warnings,
         }
+        if args.n4:
+            row["n4_s"] = results["_n4"].prepared.timings.get("n4", float("nan"))
         rows.append(row)
         print(
             f"{spacing:g} mm #{index} ({row['lesion_mm3']:.0f} mm3): DSC MNI {row['dsc_mni']:.3f}"

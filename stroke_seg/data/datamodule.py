@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import nibabel as nib
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from monai.data import CacheDataset, DataLoader
@@ -49,12 +50,14 @@ from monai.transforms import (
 from stroke_seg.data.augment import augmentation_transforms
 from stroke_seg.data.dataset import EpochSeededCacheDataset
 from stroke_seg.data.discovery import discover
-from stroke_seg.data.io import Case, spacing_of
+from stroke_seg.data.io import Case, read_nifti, spacing_of
 from stroke_seg.data.preprocessing import INTENSITY_MODES, Preprocessing
 from stroke_seg.data.samplers import EpochSampler, ShardSampler
 from stroke_seg.data.splits import PAPER_SPLIT, resolve_split, save_split
 from stroke_seg.data.transforms import ForegroundIndicesd, LoadCased, intensity_transform
-from stroke_seg.errors import check_choice, check_range, user_error_in
+from stroke_seg.errors import StrokeSegError, check_choice, check_range, user_error_in
+from stroke_seg.intensity import IntensityReference, compute_reference
+from stroke_seg.registration import DEFAULT_TEMPLATE, load_template, on_template_grid
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,8 @@ class StrokeDataModule(pl.LightningDataModule):
         n_folds: int = 5,
         mask_threshold: float | None = None,
         augmentation: Mapping[str, Any] | None = None,
+        template: str | None = DEFAULT_TEMPLATE,
+        reference_scans: int = 50,
     ) -> None:
         super().__init__()
         check_choice("sampling", sampling, SAMPLINGS)
@@ -112,6 +117,8 @@ class StrokeDataModule(pl.LightningDataModule):
         self.mask_threshold = mask_threshold
         # Built here so that a bad setting fails before any data is read.
         self.augment = augmentation_transforms(augmentation)
+        self.template = None if template is None else str(template)
+        self.reference_scans = int(check_range("reference_scans", reference_scans, 1, 100000))
         self.fold = None if fold is None else int(fold)
         self.n_folds = int(n_folds)
         self.cases: dict[str, Case] = {}
@@ -127,14 +134,41 @@ class StrokeDataModule(pl.LightningDataModule):
         split = self.resolve_split()
         # The header is enough: spacing and shape without reading the voxels.
         first = nib.load(str(self.cases[split["train"][0]].image))
+        spacing = spacing_of(first.affine)
         return Preprocessing(
             intensity_mode=self.intensity_mode,
             intensity_divisor=self.intensity_divisor,
             crop_size=self.crop_size,
             eval_crop=self.eval_crop,
-            spacing=spacing_of(first.affine),
+            spacing=spacing,
             grid_shape=first.shape[:3],
+            template=self.template,
+            intensity_reference=self.intensity_reference(
+                split["train"], first.shape[:3], first.affine
+            ).to_dict(),
         )
+
+    def intensity_reference(
+        self, subjects: Sequence[str], shape: Sequence[int], affine: np.ndarray
+    ) -> IntensityReference:
+        """The brain-intensity landmarks of (the first `reference_scans` of) the training
+        scans, as read from disk before the model's scaling: prediction maps a new scan's
+        intensities onto them (`stroke_seg.intensity.standardise`), so that a scan in scanner
+        units reaches the network as the training scans did. Measured inside the template's
+        brain mask when the training scans lie on its grid (ours and ATLAS's MNI grid, where
+        every registered scan is measured too), else inside each scan's nonzero voxels."""
+        try:
+            template = load_template(
+                float(spacing_of(affine)[0]),
+                None if self.template in (None, DEFAULT_TEMPLATE) else self.template,
+            )
+            brain = template.brain_mask if on_template_grid(shape, affine, template) else None
+        except (StrokeSegError, ValueError):
+            brain = None  # anisotropic or unknown grid: each scan's own nonzero voxels
+        chosen = list(subjects)[: self.reference_scans]
+        log.info("Intensity reference from %d training scan(s)", len(chosen))
+        volumes = (read_nifti(self.cases[s].image)[0] for s in chosen)
+        return compute_reference(volumes, spacing_of(affine), brain)
 
     def resolve_split(self) -> dict[str, list[str]]:
         """Discover the cases and read or generate the split (idempotent)."""

@@ -4,7 +4,9 @@ test modules share beyond fixtures is imported from here (``from tests.helpers i
 never from another test module."""
 
 from tests.helpers.checkpoints import (
+    TEMPLATE_CROP,
     checkpoint_weights,
+    native_checkpoint,
     save_module_checkpoint,
     zoom_out_checkpoint,
 )
@@ -36,6 +38,8 @@ from tests.helpers.scans import (
 )
 
 __all__ = [
+    "TEMPLATE_CROP",
+    "native_checkpoint",
     "CONF_DIR",
     "EVAL_FAST",
     "inference_options",
