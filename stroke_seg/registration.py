@@ -454,41 +454,29 @@ def register_to_template(
         )
         moving = ants.resample_image(moving_full, reg_spacing, False, 0)
         timings["downsample"] = time.perf_counter() - start
-        kwargs = options._linear_kwargs()
+        # Each stage starts from the transforms of the one before: rigid, affine, SyN.
+        stages = [("rigid", "Rigid", {})]
+        if options.transform in ("affine", "syn"):
+            stages.append(("affine", "Affine", {}))
+        if options.transform == "syn":
+            syn = {"reg_iterations": options.syn_iterations, "syn_metric": "mattes"}
+            stages.append(("syn", "SyNOnly", syn))
+        files: list[str] = []
         with _ants_seed(options.seed):
-            start = time.perf_counter()
-            reg = ants.registration(
-                fixed, moving, type_of_transform="Rigid", outprefix=prefix + "rigid_", **kwargs
-            )
-            timings["rigid"] = time.perf_counter() - start
-            files = list(reg["fwdtransforms"])
-            if options.transform in ("affine", "syn"):
+            for name, kind, extra in stages:
                 start = time.perf_counter()
                 reg = ants.registration(
                     fixed,
                     moving,
-                    type_of_transform="Affine",
-                    initial_transform=files,
-                    outprefix=prefix + "affine_",
-                    **kwargs,
+                    type_of_transform=kind,
+                    outprefix=f"{prefix}{name}_",
+                    **({"initial_transform": files} if files else {}),
+                    **options._linear_kwargs(),
+                    **extra,
                 )
-                timings["affine"] = time.perf_counter() - start
-                files = list(reg["fwdtransforms"])
-            inverse = list(reg["invtransforms"])
-            if options.transform == "syn":
-                start = time.perf_counter()
-                reg = ants.registration(
-                    fixed,
-                    moving,
-                    type_of_transform="SyNOnly",
-                    initial_transform=files,
-                    outprefix=prefix + "syn_",
-                    reg_iterations=options.syn_iterations,
-                    syn_metric="mattes",
-                    **kwargs,
-                )
-                timings["syn"] = time.perf_counter() - start
-                # [warp, affine] and [affine, inverse warp]: the initial affine is collapsed in
+                timings[name] = time.perf_counter() - start
+                # After SyN: [warp, affine] and [affine, inverse warp] (the initial affine is
+                # collapsed in); after a linear stage its one affine file.
                 files, inverse = list(reg["fwdtransforms"]), list(reg["invtransforms"])
     start = time.perf_counter()
     warped = ants.apply_transforms(

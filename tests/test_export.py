@@ -123,3 +123,15 @@ def test_foreign_or_broken_safetensors_files_are_refused(tmp_path):
         load_model(other)
     with pytest.raises(StrokeSegError, match=r"absent\.safetensors does not exist"):
         load_model(tmp_path / "absent.safetensors")
+
+
+def test_the_template_and_intensity_reference_travel_with_the_export(tmp_path):
+    """A model for native-space scans keeps what prediction registers and standardises to."""
+    from tests.helpers import native_checkpoint
+
+    ckpt = native_checkpoint(tmp_path / "native.ckpt", n_reference=1)
+    a, b = load_model(ckpt), load_model(export_safetensors(ckpt, tmp_path / "native.safetensors"))
+    assert b.preprocessing.template == "MNI152NLin2009aSym"
+    assert b.preprocessing.intensity_reference == a.preprocessing.intensity_reference
+    assert b.preprocessing.intensity_reference["n_scans"] == 1
+    assert a.preprocessing == b.preprocessing

@@ -271,3 +271,17 @@ def test_bad_registration_options_name_their_key(model, scans, tmp_path):
             )
         )
     assert not (tmp_path / "o").exists()
+
+
+def test_a_template_file_overrides_the_checkpoints(model, scans, tmp_path):
+    """template=FILE registers to that file; its TemplateFlow-style name names the outputs."""
+    template = load_template(2.0)
+    path = write_nifti(tmp_path / "tpl-Mine_res-02_T1w.nii.gz", template.image, template.affine)
+    out = tmp_path / "out"
+    native = scans / "native_T1w.nii.gz"
+    run(compose_predict([f"ckpt={model}", f"input={native}", f"output={out}", f"template={path}"]))
+    row = _rows(out / "lesions.csv")["native_T1w"]
+    assert row["template"] == "Mine" and row["registration"] == "affine"
+    mask = nib.load(str(out / "native_T1w_space-Mine_lesion_mask.nii.gz"))
+    assert mask.shape == template.shape
+    assert (out / "native_T1w_from-native_to-Mine_xfm.mat").is_file()

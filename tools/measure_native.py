@@ -40,6 +40,7 @@ from stroke_seg.data.native import bad_scans, native_subject, transform_points
 from stroke_seg.data.synthetic import generate_subject
 from stroke_seg.intensity import IntensityReference, compute_reference, n4_bias_correction
 from stroke_seg.metrics import dice
+from stroke_seg.quality import Thresholds
 from stroke_seg.registration import (
     RegistrationOptions,
     itk_threads,
@@ -47,7 +48,7 @@ from stroke_seg.registration import (
     register_to_template,
 )
 from stroke_seg.stats import bootstrap_ci
-from stroke_seg.template_space import predict_in_template_space, prepare_scan
+from stroke_seg.template_space import PreparedScan, predict_in_template_space, prepare_scan
 
 
 def _cpu() -> float:
@@ -207,6 +208,18 @@ def section_bad(args, template, reference, options) -> dict:
     return out
 
 
+# Refuse nothing (for the comparison variants only).
+LAX = Thresholds(
+    extent_ratio_refuse=(0.0, np.inf),
+    extent_min_ratio_refuse=0.0,
+    scale_refuse=(0.0, np.inf),
+    correlation_refuse=-np.inf,
+    coverage_refuse=0.0,
+    shape_error_refuse=np.inf,
+    level_error_refuse=np.inf,
+)
+
+
 def load_predictor(ckpt: str):
     """The predictor of a checkpoint with the inference defaults (conf/inference/default.yaml)
     on the CPU, as predict.py builds it."""
@@ -235,7 +248,9 @@ def section_e2e(args, template, reference, options) -> dict:
         start = time.perf_counter()
         mni = predictor.predict(img, affine)
         t_mni = time.perf_counter() - start
-        variants = {"": {}, "_unstandardised": {"standardise_mode": "never"}}
+        # The comparison variants are predicted whatever their checks say (an unstandardised
+        # scan in scanner units is refused by prediction: intensity_level_error).
+        variants = {"": {}, "_unstandardised": {"standardise_mode": "never", "thresholds": LAX}}
         if args.n4:
             variants["_n4"] = {"n4": True}
         results = {}
@@ -246,6 +261,10 @@ def section_e2e(args, template, reference, options) -> dict:
             )
             results[suffix].prepared.timings["total"] = time.perf_counter() - start
         plain = results[""]
+        if isinstance(plain, PreparedScan):
+            raise SystemExit(
+                f"subject {index} at {spacing} mm was refused: {plain.quality.refusal}"
+            )
         row = {
             "spacing": spacing,
             "index": index,

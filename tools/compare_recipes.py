@@ -1,0 +1,219 @@
+"""Side-by-side comparison of training recipes on the demo data (docs/training.md).
+
+Each row trains the demo-sized network in the zoom-in&out schedule (``experiment=demo``, 2 mm
+synthetic data, CPU) with one recipe option changed, then scores the final model and the
+snapshot ensemble on the 30-scan test set and the final model on the 30-scan domain-randomised
+external set, and records the training wall-clock. The first row is the paper's recipe at the
+demo's scale (uniform crops, Dice with machine epsilon, no augmentation), so that every other
+row reads as "this option against the paper at this budget".
+
+Rows run one after the other in fresh processes (``train.py`` / ``evaluate.py``, exactly the
+commands a user types), so that each has the whole CPU. The data sets are the Makefile's
+``make demo`` ones (generated if absent).
+
+    python tools/compare_recipes.py                          # every row (see ROWS)
+    python tools/compare_recipes.py rows=paper,demo,bf16x2   # a subset
+    python tools/compare_recipes.py out=runs/compare         # where runs and the table go
+
+Writes ``<out>/compare.json`` (every figure) and ``<out>/compare.md`` (the table).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TRAIN_DATA = "data/synthetic_2mm"
+TEST_DATA = "data/synthetic_2mm_test"
+EXTERNAL_DATA = "data/synthetic_2mm_external"
+# The training subjects of TRAIN_DATA with the generator's domain randomisation (other tissue
+# and lesion contrasts per subject; docs/synthetic_data.md), for the generalisation rows.
+RANDOMISED_TRAIN_DATA = "data/synthetic_2mm_randomised"
+DATASETS = {
+    TRAIN_DATA: ["n=40", "seed=0", "spacing=2"],
+    RANDOMISED_TRAIN_DATA: ["n=40", "seed=0", "spacing=2", "randomise=true"],
+    TEST_DATA: ["n=30", "seed=1", "spacing=2"],
+    EXTERNAL_DATA: ["n=30", "seed=2", "spacing=2", "randomise=true"],
+}
+EPS = "2.220446049250313e-16"  # sys.float_info.epsilon: the reference code's Dice smoothing
+
+# The paper's recipe at the demo's scale: what experiment=demo changes from the paper besides
+# size (foreground crops, smoothed Dice) set back to the paper's.
+PAPER = ["data.sampling=uniform", f"loss.smooth={EPS}"]
+# Twice the epochs and twice the restart periods (bf16 autocast runs an epoch in about half
+# the fp32 time on this CPU, docs/training.md), snapshots at the ends of the zoom-out cycles.
+BF16_X2 = [
+    "trainer.precision=bf16-mixed",
+    "demo_stages.zoom_in.max_epochs=36",
+    "demo_stages.zoom_in.restart_period_epochs=12",
+    "demo_stages.zoom_out.max_epochs=12",
+    "demo_stages.zoom_out.restart_period_epochs=4",
+    "demo_stages.zoom_out.snapshot_epochs=[4,8,12]",
+]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One recipe: what it changes, the overrides of both training stages, the evaluation
+    overrides, and the row whose trained models it reuses (an evaluation-only option)."""
+
+    what: str
+    train: list[str] = field(default_factory=list)
+    evaluate: list[str] = field(default_factory=list)
+    reuse: str | None = None
+
+
+ROWS: dict[str, Row] = {
+    "paper": Row("the paper's recipe (uniform crops, Dice eps = 2.2e-16)", PAPER),
+    "smooth1": Row("paper + Dice eps = 1", ["data.sampling=uniform", "loss.smooth=1.0"]),
+    "foreground": Row(
+        "paper + 2/3 lesion-centred crops", ["data.sampling=foreground", f"loss.smooth={EPS}"]
+    ),
+    "demo": Row("paper + both (experiment=demo as it is)"),
+    "postprocess": Row(
+        "demo + min_lesion_mm3 chosen on val", evaluate=["min_lesion_mm3=auto"], reuse="demo"
+    ),
+    "appearance": Row("demo + augmentation=appearance", ["augmentation=appearance"]),
+    "deep_supervision": Row("demo + model.deep_supervision=true", ["model.deep_supervision=true"]),
+    "bf16x2": Row("demo + bf16 autocast, 2x epochs", BF16_X2),
+    "bf16x2_onecycle": Row(
+        "demo + bf16, 2x epochs, one zoom-in cosine cycle",
+        [*BF16_X2, "demo_stages.zoom_in.restart_period_epochs=36"],
+    ),
+    "randomised": Row(
+        "bf16x2_onecycle on domain-randomised training scans",
+        [
+            *BF16_X2,
+            "demo_stages.zoom_in.restart_period_epochs=36",
+            f"data.root={RANDOMISED_TRAIN_DATA}",
+        ],
+    ),
+}
+
+
+def sh(args: list[str], log: Path) -> float:
+    """Run a command in the checkout, its output appended to `log`; returns its seconds."""
+    start = time.perf_counter()
+    with log.open("a") as f:
+        f.write("$ " + " ".join(args) + "\n")
+        f.flush()
+        done = subprocess.run(args, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed (exit {done.returncode}); see {log}")
+    return time.perf_counter() - start
+
+
+def ensure_data(log: Path) -> None:
+    for folder, args in DATASETS.items():
+        if not (REPO / folder / "dataset.json").is_file():
+            sh([PY, "-m", "stroke_seg.data.synthetic", f"out={folder}", *args, "quiet=true"], log)
+
+
+def summary(path: Path) -> dict:
+    s = json.loads(path.read_text())
+    m = s["metrics"]
+    return {
+        "n": s["n"],
+        "dsc": m["dsc"]["mean"],
+        "dsc_ci95": m["dsc"]["ci95"],
+        "hd95_mm": m.get("hd95_mm", {}).get("median"),
+        "lesion_f1": m.get("lesion_f1", {}).get("mean"),
+    }
+
+
+def run_row(name: str, out: Path, log: Path, results: dict) -> dict:
+    row = ROWS[name]
+    run = f"{out.name}/{row.reuse or name}"
+    runs = REPO / "runs" / run
+    seconds = results[row.reuse]["train_seconds"] if row.reuse else 0.0
+    for stage in ("zoom_in", "zoom_out") if row.reuse is None else ():
+        extra = [f"ckpt=runs/{run}/zoom_in/checkpoints/last.ckpt"] if stage == "zoom_out" else []
+        cmd = [PY, "train.py", "experiment=demo", f"stage={stage}", f"name={run}"]
+        seconds += sh([*cmd, "overwrite=true", *row.train, *extra], log)
+    snapshots = sorted((runs / "zoom_out" / "checkpoints").glob("snapshot_epoch*.ckpt"))
+    last = f"runs/{run}/zoom_out/checkpoints/last.ckpt"
+    ensemble = ",".join(str(p.relative_to(REPO)) for p in snapshots)
+    models = f"models={{final: {last}, ensemble: [{ensemble}]}}"
+    evals = {}
+    post = []
+    if row.evaluate:  # post-processing: chosen on the training run's validation scans
+        val = f"runs/{run}/eval/{name}_val"
+        sh([PY, "evaluate.py", f"data.root={TRAIN_DATA}", "split=val", f"output={val}",
+            "overwrite=true", f"ckpt={last}", *row.evaluate], log)  # fmt: skip
+        post = [f"min_lesion_mm3={val}/postprocessing.json"]
+    for label, data, split, model_arg in (
+        ("test", TEST_DATA, "all", models),
+        ("external", EXTERNAL_DATA, "all", f"models={{final: {last}}}"),
+    ):
+        folder = f"runs/{run}/eval/{name}_{label}"
+        sh([PY, "evaluate.py", f"data.root={data}", f"split={split}", f"output={folder}",
+            "overwrite=true", model_arg, *post], log)  # fmt: skip
+        evals[label] = {
+            m: summary(REPO / folder / m / "summary.json")
+            for m in (("final", "ensemble") if label == "test" else ("final",))
+        }
+    zoom_out = json.loads((runs / "zoom_out" / "summary.json").read_text())
+    return {
+        "row": name,
+        "what": row.what,
+        "train_overrides": row.train,
+        "eval_overrides": row.evaluate,
+        "reuses": row.reuse,
+        "train_seconds": round(seconds, 1),
+        "val_dsc": zoom_out["final_val_dsc"],
+        "n_val": zoom_out["n_val"],
+        **evals,
+    }
+
+
+def table(rows: list[dict]) -> str:
+    head = (
+        "| recipe | val DSC (n) | test DSC final [95 % CI] | test DSC ensemble | external DSC "
+        "| test HD95 mm (median) | test lesion F1 | train wall-clock |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows:
+        t, e, x = r["test"]["final"], r["test"]["ensemble"], r["external"]["final"]
+        lines.append(
+            f"| {r['row']}: {r['what']} | {r['val_dsc']:.3f} ({r['n_val']}) "
+            f"| {t['dsc']:.3f} [{t['dsc_ci95'][0]:.3f}, {t['dsc_ci95'][1]:.3f}] (n={t['n']}) "
+            f"| {e['dsc']:.3f} | {x['dsc']:.3f} (n={x['n']}) | {t['hd95_mm']:.1f} "
+            f"| {t['lesion_f1']:.3f} | {r['train_seconds'] / 60:.1f} min |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    opts = dict(a.split("=", 1) for a in argv)
+    names = opts.get("rows", ",".join(ROWS)).split(",")
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        raise SystemExit(f"rows={unknown[0]} is not a row; use {', '.join(ROWS)}")
+    out = REPO / opts.get("out", "runs/compare")
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "compare.log"
+    ensure_data(log)
+    results_path = out / "compare.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for name in names:
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {ROWS[name].what}", flush=True)
+        reuse = ROWS[name].reuse
+        if reuse and reuse not in results:
+            raise SystemExit(f"row {name} reuses the models of row {reuse}; run {reuse} first")
+        results[name] = run_row(name, out, log, results)
+        results_path.write_text(json.dumps(results, indent=1) + "\n")
+        (out / "compare.md").write_text(table([results[n] for n in ROWS if n in results]))
+        print(table([results[name]]).splitlines()[-1], flush=True)
+    print((out / "compare.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
