@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from stroke_seg.data.preprocessing import Preprocessing
@@ -27,16 +26,8 @@ from stroke_seg.inference import (
     scale_intensity,
 )
 from stroke_seg.models import ResUNet3D
-from tests.helpers import CONF_DIR, tiny_preprocessing
-
-# The Predictor options of the inference config group, their one source of truth.
-INFERENCE = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "inference" / "default.yaml"))
-
-
-def options(**changes: object) -> dict:
-    """conf/inference/default.yaml on the CPU, with `changes`."""
-    return {**INFERENCE, "device": "cpu", **changes}
-
+from tests.helpers import inference_options as options
+from tests.helpers import tiny_preprocessing
 
 PRE = tiny_preprocessing(crop_size=[16, 16, 16])
 
@@ -214,7 +205,7 @@ def test_the_predictor_options_have_one_source_the_inference_config():
     """conf/inference/default.yaml sets every Predictor option and the constructor has no
     defaults to contradict it; a missing, unknown or mistyped option is one sentence."""
     model = LoadedModel(DarkIsLesion(), PRE)
-    assert set(INFERENCE) == {"mode", "tta", "overlap", "device", "amp"}
+    assert set(options()) == {"mode", "tta", "overlap", "device", "amp"}
     with pytest.raises(TypeError, match="missing 5 required keyword-only arguments"):
         Predictor([model])
     predictor = Predictor([model], **options())
