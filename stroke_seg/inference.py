@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -315,14 +315,21 @@ def check_inference_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_ensemble(models: Sequence[LoadedModel]) -> None:
     """Refuse models that cannot be averaged: an ensemble needs one preprocessing and one
-    threshold, so that every member reads the scan the same way."""
+    threshold, so that every member reads the scan the same way. The intensity reference is
+    left out of the comparison: members trained on other folds of one data set measure
+    slightly different landmarks (the ensemble standardises new scans onto its first
+    member's, `stroke_seg.predict`)."""
+
+    def reading(model: LoadedModel) -> Preprocessing:
+        return replace(model.preprocessing, intensity_reference=None)
+
     first = models[0]
     for other in models[1:]:
-        if other.preprocessing != first.preprocessing or other.threshold != first.threshold:
+        if reading(other) != reading(first) or other.threshold != first.threshold:
             raise StrokeSegError(
-                f"{other.source} was trained with preprocessing {other.preprocessing} "
+                f"{other.source} was trained with preprocessing {reading(other)} "
                 f"(threshold {other.threshold}) but {first.source} with "
-                f"{first.preprocessing} (threshold {first.threshold}); an ensemble needs "
+                f"{reading(first)} (threshold {first.threshold}); an ensemble needs "
                 "models that read scans the same way."
             )
 

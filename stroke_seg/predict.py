@@ -54,7 +54,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,7 @@ from stroke_seg.template_space import (
     PreparedScan,
     count_components,
     hemisphere,
+    postprocessed,
     predict_in_template_space,
 )
 
@@ -162,8 +163,8 @@ class Space:
     registration), the training intensity reference, and the registration options."""
 
     template: Template | None
-    reference: IntensityReference | None
-    registration: RegistrationOptions
+    reference: IntensityReference | None = None
+    registration: RegistrationOptions = field(default_factory=RegistrationOptions)
     standardise: str = "auto"
     n4: bool = False
 
@@ -383,15 +384,12 @@ def predict_scan(
     warnings: list[str] = []
     if space.template is None:
         result = predictor.predict(image, affine)
-        prob, mask, mode = result.prob, result.mask, result.mode
-        binary = (prob > predictor.threshold).astype(np.uint8)
-        removed = count_components(binary, predictor.connectivity) - count_components(
-            mask, predictor.connectivity
-        )
+        prob, mode = result.prob, result.mode
+        mask, removed = postprocessed(prob, spacing, predictor)  # = result.mask, with a count
         row["registration"] = "resampled" if result.resampled else "none"
         if result.resampled:
             warnings.append(
-                "not registered: the model records no template (pass template=FILE); the scan "
+                "not registered (template=none, or the model records no template): the scan "
                 "must already be in the training space"
             )
     else:

@@ -398,7 +398,7 @@ def test_datamodule_split_and_preprocessing_are_the_shared_contracts(tiny_bids):
         eval_crop=(20, 24, 16),
         spacing=spacing_of(first["affine"]),
         grid_shape=first["image"].shape,
-        template="MNI152NLin2009aSym",
+        template=None,  # the tiny scans do not lie on the template's grid: none recorded
         intensity_reference=reference.to_dict(),
     )
     plain = pre.to_dict()
@@ -410,14 +410,11 @@ def test_datamodule_split_and_preprocessing_are_the_shared_contracts(tiny_bids):
         "eval_crop": [20, 24, 16],
         "spacing": [2.0, 2.0, 2.0],
         "grid_shape": [24, 28, 20],
-        "template": "MNI152NLin2009aSym",
     }
     assert Preprocessing.from_dict(pre.to_dict()) == pre
-    # fewer reference scans on request, and no template recorded when the config says none
-    few = tiny_datamodule(tiny_bids, split_seed=4, reference_scans=2, template=None)
-    pre_few = few.preprocessing()
-    assert pre_few.template is None
-    assert IntensityReference.from_dict(pre_few.intensity_reference).n_scans == 2
+    # fewer reference scans on request
+    few = tiny_datamodule(tiny_bids, split_seed=4, reference_scans=2)
+    assert IntensityReference.from_dict(few.preprocessing().intensity_reference).n_scans == 2
 
 
 def test_scans_on_the_template_grid_are_measured_inside_the_template_brain(tmp_path):
@@ -428,13 +425,20 @@ def test_scans_on_the_template_grid_are_measured_inside_the_template_brain(tmp_p
 
     generate_dataset(tmp_path, 3, seed=0, spacing=2.0)
     dm = StrokeDataModule(str(tmp_path), layout="synthetic", split_proportions=(1, 1, 1))
-    reference = IntensityReference.from_dict(dm.preprocessing().intensity_reference)
+    pre = dm.preprocessing()
+    assert pre.template == "MNI152NLin2009aSym"  # they lie on its grid: recorded
+    reference = IntensityReference.from_dict(pre.intensity_reference)
     brain = load_template(2.0).brain_mask
     (image,) = [load_case(dm.cases[s])["image"] for s in dm.split["train"]]
     expected = brain_landmarks(image, tissue_mask(image, 4.0, 2.0, brain), PERCENTILES)
     assert reference.brain == "template" and reference.n_scans == 1
     np.testing.assert_allclose(reference.landmarks, expected, rtol=1e-6)
     assert reference.landmarks_sd == (0.0,) * len(PERCENTILES)
+    # data.template=null (the ATLAS configs) records none, but still measures in its brain
+    none = StrokeDataModule(
+        str(tmp_path), layout="synthetic", split_proportions=(1, 1, 1), template=None
+    ).preprocessing()
+    assert none.template is None and none.intensity_reference == pre.intensity_reference
 
 
 @pytest.mark.parametrize(

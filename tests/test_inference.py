@@ -199,6 +199,15 @@ def test_ensemble_of_models_with_different_preprocessing_is_refused():
         Predictor(models, **options())
     with pytest.raises(StrokeSegError, match="mode='whole' is not known"):
         Predictor(models[:1], **options(mode="whole"))
+    # Members of other folds differ in their intensity reference only: averaged, and the
+    # ensemble standardises onto the first member's reference.
+    ref = {"percentiles": [20, 99], "landmarks": [100, 200], "landmarks_sd": [1, 1], "n_scans": 3}
+    folds = [
+        LoadedModel(DarkIsLesion(), {**PRE, "intensity_reference": {**ref, "landmarks": land}})
+        for land in ([100, 200], [101, 199])
+    ]
+    predictor = Predictor(folds, **options())
+    assert predictor.preprocessing.intensity_reference["landmarks"] == [100, 200]
 
 
 def test_the_predictor_options_have_one_source_the_inference_config():

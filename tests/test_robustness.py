@@ -321,7 +321,7 @@ def test_continue_prediction_keeps_finished_scans_and_redoes_the_partial_one(tmp
     monkeypatch.setattr(
         predict_module,
         "predict_scan",
-        lambda p, path, *a: predicted.append(path.name) or real_scan(p, path, *a),
+        lambda p, space, path, *a: predicted.append(path.name) or real_scan(p, space, path, *a),
     )
     rows = predict(_compose("predict", [*args, "continue_prediction=true"]))
     assert predicted == ["b_T1w.nii.gz", "c_T1w.nii.gz"]
@@ -343,16 +343,18 @@ def test_a_result_on_another_grid_is_not_taken_as_finished(tmp_path):
     image = tiny_scan(np.random.default_rng(1))[0]
     source = write_nifti(tmp_path / "in" / "a_T1w.nii.gz", image)
     out = tmp_path / "out"
-    mask, prob = predict_module.scan_files(out, "a_T1w", qc=False)
-    write_nifti(mask, np.zeros(image.shape, np.uint8))
-    write_nifti(prob, np.zeros(image.shape, np.float32))
-    assert predict_module.is_finished(out, "a_T1w", source, qc=False)
+    space = predict_module.Space(None)  # no template: the native files only
+    files = predict_module.scan_files(out, "a_T1w", False, space)
+    assert list(files) == ["mask", "prob"]
+    write_nifti(files["mask"], np.zeros(image.shape, np.uint8))
+    write_nifti(files["prob"], np.zeros(image.shape, np.float32))
+    assert predict_module.is_finished(out, "a_T1w", source, False, space)
     shifted = np.diag([2.0, 2.0, 2.0, 1.0])
     shifted[:3, 3] = [10.0, 0.0, 0.0]
-    write_nifti(prob, np.zeros(image.shape, np.float32), affine=shifted)
-    assert not predict_module.is_finished(out, "a_T1w", source, qc=False)
-    prob.unlink()
-    assert not predict_module.is_finished(out, "a_T1w", source, qc=False)
+    write_nifti(files["prob"], np.zeros(image.shape, np.float32), affine=shifted)
+    assert not predict_module.is_finished(out, "a_T1w", source, False, space)
+    files["prob"].unlink()
+    assert not predict_module.is_finished(out, "a_T1w", source, False, space)
 
 
 @pytest.mark.parametrize(

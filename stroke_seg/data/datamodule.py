@@ -55,9 +55,9 @@ from stroke_seg.data.preprocessing import INTENSITY_MODES, Preprocessing
 from stroke_seg.data.samplers import EpochSampler, ShardSampler
 from stroke_seg.data.splits import PAPER_SPLIT, resolve_split, save_split
 from stroke_seg.data.transforms import ForegroundIndicesd, LoadCased, intensity_transform
-from stroke_seg.errors import StrokeSegError, check_choice, check_range, user_error_in
+from stroke_seg.errors import check_choice, check_range, config_section, user_error_in
 from stroke_seg.intensity import IntensityReference, compute_reference
-from stroke_seg.registration import DEFAULT_TEMPLATE, load_template, on_template_grid
+from stroke_seg.registration import DEFAULT_TEMPLATE, Template, load_template, on_template_grid
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +128,32 @@ class StrokeDataModule(pl.LightningDataModule):
 
     # -- what inference needs to reproduce the training input (stored in checkpoints) --
     def preprocessing(self) -> Preprocessing:
-        """Input scaling, crop sizes, voxel spacing (mm) and grid shape of the training scans;
-        inference resamples new scans to this spacing and scales them the same way. The
-        checkpoint stores its `to_dict` (plain data)."""
+        """Input scaling, crop sizes, voxel spacing (mm) and grid shape of the training scans,
+        the template they lie on and their intensity reference; inference brings new scans
+        to that grid and scales them the same way. The checkpoint stores its `to_dict`
+        (plain data).
+
+        ``data.template`` is recorded only when the training scans lie on its grid at their
+        spacing (our synthetic set and ATLAS lie on MNI152 2009a's): a model trained on any
+        other grid records none, with a warning, so that prediction never registers scans to
+        a space the model was not trained in (``predict.py template=FILE`` still can)."""
         split = self.resolve_split()
         # The header is enough: spacing and shape without reading the voxels.
         first = nib.load(str(self.cases[split["train"][0]].image))
         spacing = spacing_of(first.affine)
+        template = self.grid_template(first.shape[:3], first.affine)
+        if self.template is not None and template is None:
+            log.warning(
+                "data.template=%s: the training scans (grid %s, %s mm) do not lie on its grid, "
+                "so the checkpoint records no template and predict.py will resample new scans "
+                "instead of registering them (unless given template=FILE)",
+                self.template,
+                "x".join(str(n) for n in first.shape[:3]),
+                "x".join(f"{v:g}" for v in spacing),
+            )
+        reference = self.intensity_reference(
+            split["train"], spacing, None if template is None else template.brain_mask
+        )
         return Preprocessing(
             intensity_mode=self.intensity_mode,
             intensity_divisor=self.intensity_divisor,
@@ -142,33 +161,37 @@ class StrokeDataModule(pl.LightningDataModule):
             eval_crop=self.eval_crop,
             spacing=spacing,
             grid_shape=first.shape[:3],
-            template=self.template,
-            intensity_reference=self.intensity_reference(
-                split["train"], first.shape[:3], first.affine
-            ).to_dict(),
+            template=self.template if template is not None else None,
+            intensity_reference=reference.to_dict(),
         )
 
+    def grid_template(self, shape: Sequence[int], affine: np.ndarray) -> Template | None:
+        """``data.template`` (the built-in MNI152 2009a when it is null, for the reference's
+        brain mask only) at the training spacing, if the training scans lie on its grid."""
+        spacing = spacing_of(affine)
+        if max(spacing) - min(spacing) > 1e-3 or not 0.5 <= spacing[0] <= 8.0:
+            return None  # no isotropic template grid to lie on
+        path = None if self.template in (None, DEFAULT_TEMPLATE) else self.template
+        with config_section("data"):  # a missing file reads data.template=...
+            template = load_template(float(spacing[0]), path)
+        return template if on_template_grid(shape, affine, template) else None
+
     def intensity_reference(
-        self, subjects: Sequence[str], shape: Sequence[int], affine: np.ndarray
+        self,
+        subjects: Sequence[str],
+        spacing: Sequence[float],
+        brain: np.ndarray | None,
     ) -> IntensityReference:
         """The brain-intensity landmarks of (the first `reference_scans` of) the training
         scans, as read from disk before the model's scaling: prediction maps a new scan's
         intensities onto them (`stroke_seg.intensity.standardise`), so that a scan in scanner
         units reaches the network as the training scans did. Measured inside the template's
-        brain mask when the training scans lie on its grid (ours and ATLAS's MNI grid, where
-        every registered scan is measured too), else inside each scan's nonzero voxels."""
-        try:
-            template = load_template(
-                float(spacing_of(affine)[0]),
-                None if self.template in (None, DEFAULT_TEMPLATE) else self.template,
-            )
-            brain = template.brain_mask if on_template_grid(shape, affine, template) else None
-        except (StrokeSegError, ValueError):
-            brain = None  # anisotropic or unknown grid: each scan's own nonzero voxels
+        brain mask `brain` when the training scans lie on its grid (where every registered
+        scan is measured too), else inside each scan's nonzero voxels."""
         chosen = list(subjects)[: self.reference_scans]
         log.info("Intensity reference from %d training scan(s)", len(chosen))
         volumes = (read_nifti(self.cases[s].image)[0] for s in chosen)
-        return compute_reference(volumes, spacing_of(affine), brain)
+        return compute_reference(volumes, spacing, brain)
 
     def resolve_split(self) -> dict[str, list[str]]:
         """Discover the cases and read or generate the split (idempotent)."""
