@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install torch + stroke_seg (+ test tools)
 
-demo: $(STAMP) ## synthetic data at 2 mm, zoom-in, zoom-out, evaluation on the test split and on two independent 30-scan sets (CPU, ~15 min)
+demo: $(STAMP) ## synthetic data at 2 mm, zoom-in, zoom-out, evaluation on the test split and on two independent 30-scan sets (2-core CPU: ~16 min)
 	$(BIN)/python -m stroke_seg.data.synthetic out=$(DEMO_DATA) n=$(DEMO_SUBJECTS) seed=0 spacing=2
 	$(BIN)/python -m stroke_seg.data.synthetic out=$(DEMO_TEST) n=$(DEMO_TEST_SUBJECTS) seed=1 spacing=2 quiet=true
 	$(BIN)/python -m stroke_seg.data.synthetic out=$(DEMO_EXTERNAL) n=$(DEMO_TEST_SUBJECTS) seed=2 spacing=2 randomise=true quiet=true
