@@ -87,6 +87,20 @@ def _summary(values: list[float]) -> dict:
     }
 
 
+def _by_spacing(rows: list[dict]):
+    """(``"2mm"``/``"1mm"``, the rows of that spacing) for each spacing that has rows."""
+    for spacing in (2.0, 1.0):
+        sel = [r for r in rows if r["spacing"] == spacing]
+        if sel:
+            yield f"{spacing:g}mm", sel
+
+
+def _steps_summary(sel: list[dict]) -> dict:
+    """Each timed step's summary over rows (a step a row did not run counts 0 s)."""
+    steps = sorted({k for r in sel for k in r["steps_s"]})
+    return {k: _summary([r["steps_s"].get(k, 0.0) for r in sel]) for k in steps}
+
+
 def reference_from(data: str | None, n: int, template):
     """The intensity reference of the training scans: files of a synthetic set, or the first
     `n` seed-0 subjects generated at 2 mm (the demo's training data)."""
@@ -145,11 +159,7 @@ def section_registration(args, template, reference, options) -> dict:
             flush=True,
         )
     out: dict = {"subjects": rows}
-    for spacing in (2.0, 1.0):
-        sel = [r for r in rows if r["spacing"] == spacing]
-        if not sel:
-            continue
-        key = f"{spacing:g}mm"
+    for key, sel in _by_spacing(rows):
         out[key] = {
             name: _summary([r[name] for r in sel])
             for name in (
@@ -161,8 +171,7 @@ def section_registration(args, template, reference, options) -> dict:
                 "cpu_s",
             )
         }
-        steps = sorted({k for r in sel for k in r["steps_s"]})
-        out[key]["steps_s"] = {k: _summary([r["steps_s"].get(k, 0.0) for r in sel]) for k in steps}
+        out[key]["steps_s"] = _steps_summary(sel)
         out[key]["quality"] = {
             k: _summary([r["quality"][k] for r in sel]) for k in sel[0]["quality"]
         }
@@ -288,12 +297,9 @@ def section_e2e(args, template, reference, options) -> dict:
             flush=True,
         )
     out: dict = {"subjects": rows}
-    for spacing in (2.0, 1.0):
-        sel = [r for r in rows if r["spacing"] == spacing]
-        if not sel:
-            continue
+    for key, sel in _by_spacing(rows):
         diff = [r["dsc_native"] - r["dsc_mni"] for r in sel]
-        out[f"{spacing:g}mm"] = {
+        out[key] = {
             "dsc_mni": _summary([r["dsc_mni"] for r in sel]),
             "dsc_native": _summary([r["dsc_native"] for r in sel]),
             "dsc_template_space": _summary([r["dsc_template_space"] for r in sel]),
@@ -307,10 +313,7 @@ def section_e2e(args, template, reference, options) -> dict:
                 else {}
             ),
             "native_minus_mni": _summary(diff),
-            "steps_s": {
-                k: _summary([r["steps_s"].get(k, 0.0) for r in sel])
-                for k in sorted({k for r in sel for k in r["steps_s"]})
-            },
+            "steps_s": _steps_summary(sel),
         }
     return out
 
