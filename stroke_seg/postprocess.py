@@ -75,6 +75,11 @@ def check_min_lesion_mm3(value: Any) -> float:
     return out
 
 
+def count_components(mask: np.ndarray, connectivity: int = 6) -> int:
+    """The number of connected components (lesions) of a mask (nonzero = lesion)."""
+    return int(ndimage.label(np.asarray(mask) > 0, structure=structure(connectivity))[1])
+
+
 def remove_small_components(
     mask: np.ndarray, spacing: Sequence[float], min_mm3: float, connectivity: int = 6
 ) -> np.ndarray:

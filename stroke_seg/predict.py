@@ -71,7 +71,7 @@ from stroke_seg.inference import Predictor
 from stroke_seg.intensity import IntensityReference
 from stroke_seg.outputs import safe_output_path
 from stroke_seg.plotting import plot_case_slices
-from stroke_seg.postprocess import chosen_value
+from stroke_seg.postprocess import chosen_value, count_components
 from stroke_seg.quality import check_header
 from stroke_seg.registration import (
     DEFAULT_TEMPLATE,
@@ -91,7 +91,6 @@ from stroke_seg.shards import (
 from stroke_seg.template_space import (
     STANDARDISE,
     PreparedScan,
-    count_components,
     hemisphere,
     postprocessed,
     predict_in_template_space,

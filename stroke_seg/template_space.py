@@ -26,13 +26,12 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from stroke_seg.data.io import spacing_of
 from stroke_seg.errors import check_choice
 from stroke_seg.inference import Predictor
 from stroke_seg.intensity import IntensityReference, n4_bias_correction, standardise
-from stroke_seg.postprocess import remove_small_components, structure
+from stroke_seg.postprocess import count_components, remove_small_components
 from stroke_seg.quality import (
     DEFAULT_THRESHOLDS,
     QualityReport,
@@ -234,11 +233,6 @@ def postprocessed(
     return mask, count_components(binary, predictor.connectivity) - count_components(
         mask, predictor.connectivity
     )
-
-
-def count_components(mask: np.ndarray, connectivity: int = 6) -> int:
-    """The number of connected components (lesions) of a mask."""
-    return int(ndimage.label(np.asarray(mask) > 0, structure=structure(connectivity))[1])
 
 
 def hemisphere(template_mask: np.ndarray, template_affine: np.ndarray) -> str:
