@@ -26,6 +26,7 @@ from stroke_seg.data.datamodule import StrokeDataModule
 from stroke_seg.distributed import check_launch, close_process_group_at_exit, is_rank_zero
 from stroke_seg.errors import StrokeSegError, config_section
 from stroke_seg.lit_module import LesionSegModule, check_optim, check_speed
+from stroke_seg.precision import resolve_precision
 from stroke_seg.safe_io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,8 @@ def run(cfg: DictConfig) -> float:
     check_config(cfg, run_dir)
     clear_previous_run(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # `auto` becomes the value Lightning takes, and config.yaml records what ran.
+    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
 

@@ -132,9 +132,9 @@ def test_presets_are_the_experiment_configs():
         "crops": {"zoom_in": [128, 128, 128], "zoom_out": [144, 172, 168]},
     }
     assert presets["demo"] == {
-        "widths": [16, 32, 64, 128],
-        "groups": 8,
-        "crops": {"zoom_in": [64, 64, 64], "zoom_out": [72, 86, 84]},
+        "widths": [8, 16, 32, 64],
+        "groups": 4,
+        "crops": {"zoom_in": [48, 48, 48], "zoom_out": [72, 86, 84]},
     }
 
 

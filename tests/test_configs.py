@@ -261,6 +261,41 @@ def test_paper_preset_is_table_1_with_every_recipe_option_off(stage):
     assert cfg["speed"] == {"channels_last": False, "compile": False, "compile_mode": "default"}
 
 
+def _leaves(node, prefix=""):
+    """{dotted key: value} of every leaf of a plain config dict."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+@pytest.mark.parametrize("stage", ["zoom_in", "zoom_out"])
+def test_recipe_is_the_paper_plus_exactly_its_listed_options(stage):
+    """experiment=recipe keeps Table 1 (network, crops, epochs, schedule) and changes only
+    the options its file lists; experiment=demo is built on it."""
+    paper, recipe, demo = (
+        _leaves(
+            OmegaConf.to_container(
+                compose_resolved("train", [f"experiment={e}", f"stage={stage}", "name=x"]),
+                resolve=True,
+            )
+        )
+        for e in ("paper", "recipe", "demo")
+    )
+    changed = {k: (paper[k], recipe[k]) for k in paper if paper[k] != recipe[k]}
+    assert changed == {
+        "data.sampling": ("uniform", "foreground"),
+        "data.foreground_prob": (0.5, 0.67),
+        "loss.smooth": (pytest.approx(2.220446049250313e-16), 1.0),
+        "trainer.precision": ("32-true", "auto"),
+    }
+    assert set(recipe) == set(paper)
+    for key in ("data.sampling", "data.foreground_prob", "loss.smooth", "trainer.precision"):
+        assert demo[key] == recipe[key]
+
+
 def test_inference_post_processing_is_off_by_default():
     for name in ("evaluate", "predict"):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

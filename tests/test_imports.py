@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "inference": 3,
     "callbacks": 3,
     "distributed": 3,  # Lightning launch helpers of the training task
+    "precision": 3,  # trainer.precision=auto: bf16 where the device runs it natively
     "plotting": 3,
     "report": 3,
     "scoring": 3,  # per-scan rows and result files, shared by evaluate and crossval

@@ -302,3 +302,45 @@ def test_bf16_mixed_training_step_computes_the_loss_in_float32(tiny_bids, tmp_pa
     assert loss.dtype == torch.float32
     assert seen == {"dice_input": torch.float32, "dice_output": torch.float32}
     assert np.isfinite(float(loss))
+
+
+# --------------------------------------------------------------------------------------
+# trainer.precision=auto
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("native", "chosen"), [(True, "bf16-mixed"), (False, "32-true")])
+def test_precision_auto_picks_bf16_only_where_it_is_native(monkeypatch, native, chosen):
+    from stroke_seg import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda accelerator: native)
+    assert precision.resolve_precision("auto", "cpu") == chosen
+    # explicit values pass through whatever the hardware
+    assert precision.resolve_precision("32-true", "cpu") == "32-true"
+    assert precision.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+
+
+def test_explicit_bf16_on_emulating_hardware_is_warned(monkeypatch, caplog):
+    from stroke_seg import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda accelerator: False)
+    with caplog.at_level(logging.WARNING, logger="stroke_seg.precision"):
+        precision.resolve_precision("bf16-mixed", "cpu")
+    assert "no native bf16" in caplog.text and "trainer.precision=auto" in caplog.text
+    monkeypatch.setattr(precision, "native_bf16", lambda accelerator: True)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stroke_seg.precision"):
+        precision.resolve_precision("bf16-mixed", "cpu")
+    assert caplog.text == ""
+
+
+def test_precision_auto_is_resolved_before_the_run_folder_records_it(
+    tiny_bids, tmp_path, monkeypatch
+):
+    from stroke_seg import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda accelerator: False)
+    cfg = compose_train(tmp_path / "run", tiny_bids, ["trainer.precision=auto"])
+    train(cfg)
+    written = (tmp_path / "run" / "config.yaml").read_text()
+    assert "precision: 32-true" in written and "precision: auto" not in written
