@@ -56,6 +56,10 @@ class BCEDiceLoss(nn.Module):
             as in the reference code: it keeps the loss defined (and zero) when a batch has
             neither predicted nor true lesion voxels, and adds no Dice gradient on crops
             without lesion. 1.0 (a recipe option) makes such crops push probabilities down.
+        batch_dice: Dice sums over the whole batch (the reference code; with its batch size
+            1 the same as per-sample). False (an option, not in the paper) averages one Dice
+            per crop, as nnU-Net's default does, so that with several crops per step a crop
+            with a small lesion weighs as much as one with a large lesion.
 
     ``forward(logits, target)`` takes logits and a binary target of the same shape
     ``(B, 1, D, H, W)`` and returns a scalar.
@@ -66,6 +70,7 @@ class BCEDiceLoss(nn.Module):
         bce_weight: float = 0.1,
         dice_weight: float = 0.9,
         smooth: float = REFERENCE_SMOOTH,
+        batch_dice: bool = True,
     ) -> None:
         super().__init__()
         for key, value in (("loss.bce_weight", bce_weight), ("loss.dice_weight", dice_weight)):
@@ -84,7 +89,10 @@ class BCEDiceLoss(nn.Module):
         self.dice_weight = float(dice_weight)
         self.smooth = float(smooth)
         self.bce = nn.BCEWithLogitsLoss()
-        self.dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=self.smooth, smooth_dr=self.smooth)
+        self.batch_dice = bool(batch_dice)
+        self.dice = DiceLoss(
+            sigmoid=True, batch=self.batch_dice, smooth_nr=self.smooth, smooth_dr=self.smooth
+        )
 
     def terms(
         self, logits: torch.Tensor, target: torch.Tensor
@@ -110,7 +118,10 @@ class BCEDiceLoss(nn.Module):
         return self.bce_weight * bce + self.dice_weight * dice
 
     def extra_repr(self) -> str:
-        return f"bce_weight={self.bce_weight}, dice_weight={self.dice_weight}, smooth={self.smooth}"
+        return (
+            f"bce_weight={self.bce_weight}, dice_weight={self.dice_weight}, "
+            f"smooth={self.smooth}, batch_dice={self.batch_dice}"
+        )
 
 
 def deep_supervision_weights(levels: int) -> list[float]:

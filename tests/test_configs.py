@@ -245,7 +245,12 @@ def test_paper_preset_is_table_1_with_every_recipe_option_off(stage):
         "deep_supervision": False,
     }
     # loss: 0.1 BCE + 0.9 Dice with the reference code's eps (machine epsilon)
-    assert cfg["loss"] == {"bce_weight": 0.1, "dice_weight": 0.9, "smooth": sys.float_info.epsilon}
+    assert cfg["loss"] == {
+        "bce_weight": 0.1,
+        "dice_weight": 0.9,
+        "smooth": sys.float_info.epsilon,
+        "batch_dice": True,
+    }
     data = cfg["data"]
     assert data["layout"] == "atlas_r12" and data["split_proportions"] == [182, 26, 31]
     assert data["eval_crop"] == [144, 172, 168] and data["batch_size"] == 1

@@ -199,3 +199,31 @@ def test_loss_runs_in_float32_under_bf16_autocast() -> None:
     assert uncast.dtype == torch.bfloat16  # what the cast avoids
     ref_bce, ref_dice = loss.terms(x.float(), g)
     assert torch.equal(bce, ref_bce) and torch.equal(dice, ref_dice)
+
+
+def test_per_sample_dice_is_the_mean_of_each_crops_dice() -> None:
+    """loss.batch_dice=false: one Dice per crop, averaged, against a NumPy hand computation;
+    the batch Dice (the paper's) pools the sums and lets the large lesion dominate."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 2.0, (2, 1, 8, 8, 8)).astype(np.float32)
+    target = np.zeros_like(logits)
+    target[0, 0, :6, :6, :6] = 1  # a large lesion
+    target[1, 0, 3:5, 3:5, 3:5] = 1  # a small one
+    p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+    def dice(pp, gg):
+        return (2 * (pp * gg).sum() + 1.0) / (pp.sum() + gg.sum() + 1.0)
+
+    x, g = torch.from_numpy(logits), torch.from_numpy(target)
+    per_sample = float(BCEDiceLoss(0.0, 1.0, smooth=1.0, batch_dice=False)(x, g))
+    pooled = float(BCEDiceLoss(0.0, 1.0, smooth=1.0, batch_dice=True)(x, g))
+    want_per_sample = 1.0 - np.mean([dice(p[i], target[i]) for i in range(2)])
+    want_pooled = 1.0 - dice(p, target)
+    assert per_sample == pytest.approx(want_per_sample, abs=1e-6)
+    assert pooled == pytest.approx(want_pooled, abs=1e-6)
+    assert abs(per_sample - pooled) > 0.01
+    # with one crop per batch the two are the same loss
+    one = (x[:1], g[:1])
+    assert float(BCEDiceLoss(smooth=1.0, batch_dice=False)(*one)) == pytest.approx(
+        float(BCEDiceLoss(smooth=1.0, batch_dice=True)(*one)), abs=1e-7
+    )

@@ -304,6 +304,16 @@ def test_bf16_mixed_training_step_computes_the_loss_in_float32(tiny_bids, tmp_pa
     assert np.isfinite(float(loss))
 
 
+def test_loss_batch_dice_reaches_the_module(tiny_bids, tmp_path):
+    default = compose_train(tmp_path / "a", tiny_bids)
+    per_crop = compose_train(tmp_path / "b", tiny_bids, ["loss.batch_dice=false"])
+    modules = [
+        LesionSegModule(net=dict(c.model), loss=dict(c.loss), optim=dict(c.optim))
+        for c in (default, per_crop)
+    ]
+    assert [m.loss_fn.dice.batch for m in modules] == [True, False]
+
+
 # --------------------------------------------------------------------------------------
 # trainer.precision=auto
 # --------------------------------------------------------------------------------------

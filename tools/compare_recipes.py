@@ -76,6 +76,9 @@ ROWS: dict[str, Row] = {
     "postprocess": Row(
         "demo + min_lesion_mm3 chosen on val", evaluate=["min_lesion_mm3=auto"], reuse="demo"
     ),
+    "per_crop_dice": Row(
+        "demo + one Dice per crop (loss.batch_dice=false)", ["loss.batch_dice=false"]
+    ),
     "deep_supervision": Row("demo + model.deep_supervision=true", ["model.deep_supervision=true"]),
     "standard": Row("demo + augmentation=standard", ["augmentation=standard"]),
     "fp32": Row("demo in fp32 (where auto picks bf16)", ["trainer.precision=32-true"]),

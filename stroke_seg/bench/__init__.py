@@ -8,7 +8,8 @@ whatever device it finds (CUDA if available, else CPU), one section per module:
 
 * **train** (`stroke_seg.bench.train`): one training step (forward, BCE+Dice loss,
   backward, Adam) of the demo preset (widths 8/16/32/64) and the paper preset
-  (32/64/128/256), with their GroupNorm groups, at each preset's zoom-in and zoom-out crop, for each speed
+  (32/64/128/256), with their GroupNorm groups, at each preset's zoom-in and zoom-out crop,
+  for each speed
   option (fp32, bf16 autocast, channels-last, torch.compile): crops/s, voxels/s, and the
   model FLOP rate (FLOPs of convolutions counted with `torch.utils.flop_counter.FlopCounterMode`
   on the meta device) as a fraction of this machine's measured matmul peak (best of several
