@@ -160,6 +160,7 @@ def test_loss_optimiser_and_inference_settings_come_from_the_configs():
         "bce_weight": 0.1,
         "dice_weight": 0.9,
         "smooth": sys.float_info.epsilon,
+        "batch_dice": True,
     }
     assert training_recipe("paper", "zoom_out")["optim"]["lr"] == 1e-4
     bench = compose_config("bench")
