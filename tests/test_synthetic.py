@@ -345,9 +345,14 @@ def test_ellipsoid_mask_is_the_ellipsoid_equation_on_the_whole_grid() -> None:
 # generator before the domain-randomisation option existed (numpy 2 / scipy 1.x here). The
 # default output must not move; a numpy or scipy release that changes the random streams or
 # the filters would move it too (then recompute it on a commit without the option).
-DEFAULT_SHA256_4MM = {
-    0: "fa9b7f87a4d38ec154d38dc4caf57ab5f5392ef413084f19c935994830d96870",
-    1: "03cce015a21255781c9bb4f9258bb93bd8450de8d9a5d400be2766ba5bfcd17c",
+# Subjects 0 and 1 of seed 0 at 4 mm from the generator before the randomisation option:
+# (lesion voxels, brain voxels, image mean, image std). Not a byte hash: the bytes differ by
+# a few ulp between CPUs (numpy and scipy pick other SIMD kernels on AVX2 and on AVX-512
+# machines; a hash pinned on one failed on the other), while any change of the generator's
+# draws or steps moves these figures far beyond the tolerance.
+DEFAULT_FIGURES_4MM = {
+    0: (17, 32754, 35.359843261243384, 70.73449560939136),
+    1: (97, 35453, 42.14344426907099, 79.8474778564052),
 }
 
 
@@ -358,12 +363,16 @@ def _sha(img: np.ndarray, mask: np.ndarray) -> str:
 
 
 def test_default_output_is_unchanged_by_the_randomisation_option() -> None:
-    for index, digest in DEFAULT_SHA256_4MM.items():
+    for index, (lesion, brain, mean, std) in DEFAULT_FIGURES_4MM.items():
         img, mask, _, info = syn.generate_subject(index, 0, spacing=4.0)
-        assert _sha(img, mask) == digest
+        assert abs(int(mask.sum()) - lesion) <= 1 and abs(int((img > 0).sum()) - brain) <= 1
+        image = img.astype(np.float64)
+        assert image.mean() == pytest.approx(mean, rel=1e-5)
+        assert image.std() == pytest.approx(std, rel=1e-5)
         assert "domain_randomisation" not in info
+        # on one machine, randomise=False is the default path to the byte
         again = syn.generate_subject(index, 0, spacing=4.0, randomise=False)
-        assert _sha(again[0], again[1]) == digest
+        assert _sha(again[0], again[1]) == _sha(img, mask)
 
 
 def test_randomisation_changes_the_images_not_the_lesions(subjects_2mm) -> None:
