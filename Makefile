@@ -16,7 +16,8 @@ DEMO_TEST ?= data/synthetic_2mm_test
 DEMO_EXTERNAL ?= data/synthetic_2mm_external
 DEMO_RANDOMISED ?= data/synthetic_2mm_randomised_test
 DEMO_TEST_SUBJECTS ?= 30
-DEMO_MODELS = "models={final: runs/demo/zoom_out/checkpoints/last.ckpt, ensemble: [$$(ls runs/demo/zoom_out/checkpoints/snapshot_epoch*.ckpt | paste -sd, -)]}"
+DEMO_FINAL = runs/demo/zoom_out/checkpoints/last.ckpt
+DEMO_MODELS = "models={final: $(DEMO_FINAL), ensemble: [$$(ls runs/demo/zoom_out/checkpoints/snapshot_epoch*.ckpt | paste -sd, -)]}"
 # Extra key=value overrides for `make bench` (conf/bench.yaml), e.g.
 # BENCH_ARGS="sections=[train] options=[fp32,bf16]" or BENCH_ARGS="device=cuda all=true".
 BENCH_ARGS ?=
@@ -45,8 +46,8 @@ demo: $(STAMP) ## synthetic data at 2 mm, zoom-in, zoom-out, evaluation on three
 	$(BIN)/python train.py experiment=demo stage=zoom_out overwrite=true ckpt=runs/demo/zoom_in/checkpoints/last.ckpt
 	@$(BIN)/python -c "import json; s = json.load(open('runs/demo/zoom_out/summary.json')); print(f\"demo: final validation DSC {s['final_val_dsc']:.3f} after zoom-in&out ({s['n_val']} held-out synthetic scans)\")"
 	$(BIN)/python evaluate.py data.root=$(DEMO_TEST) split=all output=runs/demo/eval/test overwrite=true $(DEMO_MODELS)
-	$(BIN)/python evaluate.py data.root=$(DEMO_EXTERNAL) split=all output=runs/demo/eval/external overwrite=true "models={final: runs/demo/zoom_out/checkpoints/last.ckpt}"
-	$(BIN)/python evaluate.py data.root=$(DEMO_RANDOMISED) split=all output=runs/demo/eval/randomised overwrite=true "models={final: runs/demo/zoom_out/checkpoints/last.ckpt}"
+	$(BIN)/python evaluate.py data.root=$(DEMO_EXTERNAL) split=all output=runs/demo/eval/external overwrite=true "models={final: $(DEMO_FINAL)}"
+	$(BIN)/python evaluate.py data.root=$(DEMO_RANDOMISED) split=all output=runs/demo/eval/randomised overwrite=true "models={final: $(DEMO_FINAL)}"
 	@for s in test external randomised; do echo "== runs/demo/eval/$$s ($$(grep -m1 -o '[0-9]* scans' runs/demo/eval/$$s/report.md))"; awk '/^## Table 2/{p=1; next} /^## /{p=0} p' runs/demo/eval/$$s/report.md; done
 
 test: $(STAMP) ## run every test, the slow ones too (what CI runs)
