@@ -54,6 +54,14 @@ EPS = "2.220446049250313e-16"  # sys.float_info.epsilon: the reference code's Di
 PAPER = ["data.sampling=uniform", f"loss.smooth={EPS}"]
 
 
+def zoom_in_epochs(epochs: int) -> list[str]:
+    """Overrides for a zoom-in of `epochs` epochs in one cosine cycle (the demo's shape)."""
+    return [
+        f"demo_stages.zoom_in.max_epochs={epochs}",
+        f"demo_stages.zoom_in.restart_period_epochs={epochs}",
+    ]
+
+
 @dataclass(frozen=True)
 class Row:
     """One recipe: what it changes, the overrides of both training stages, the evaluation
@@ -84,6 +92,24 @@ ROWS: dict[str, Row] = {
     "fp32": Row("demo in fp32 (where auto picks bf16)", ["trainer.precision=32-true"]),
     "randomised": Row(
         "demo on domain-randomised training scans", [f"data.root={RANDOMISED_TRAIN_DATA}"]
+    ),
+    # The trials of docs/training.md "What limits the demo" (2026-12-02, equal zoom-out).
+    "lr3e-3": Row("demo + zoom-in LR 3e-3", ["demo_stages.zoom_in.lr=3e-3"]),
+    "wide": Row(
+        "demo + widths 16/32/64/128, GroupNorm(8), zoom-in 14 epochs (about equal zoom-in time)",
+        ["model.widths=[16,32,64,128]", "model.groups=8", *zoom_in_epochs(14)],
+    ),
+    "crop32": Row(
+        "demo + zoom-in on 32^3 crops for 60 epochs (one cycle; about equal zoom-in time)",
+        ["demo_stages.zoom_in.crop_size=[32,32,32]", *zoom_in_epochs(60)],
+    ),
+    "crop32_fg90": Row(
+        "crop32 + 90 % lesion-centred crops",
+        [
+            "demo_stages.zoom_in.crop_size=[32,32,32]",
+            *zoom_in_epochs(60),
+            "data.foreground_prob=0.9",
+        ],
     ),
 }
 # `python tools/compare_recipes.py` with no rows=: the rows that fit in an hour on a 2-core
