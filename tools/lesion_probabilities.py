@@ -9,35 +9,69 @@ volume, so the size at which detection fails can be read off.
     python tools/lesion_probabilities.py ckpt=runs/demo/zoom_out/checkpoints/last.ckpt \
         root=data/synthetic_2mm_test
     # a zoom-in checkpoint: mode=centre_crop (sliding windows are slow on a CPU)
+    # another layout: layout=atlas_r12 (default synthetic, i.e. ATLAS v2.0 BIDS)
 
-Reads ``<root>/**/*_T1w.nii.gz`` and the ATLAS-style ``*_label-L_desc-T1lesion_mask.nii.gz``
-beside each; prints one row per scan and the mean DSC per threshold, overall and for
-lesions under ``small_ml`` (default 3.7 ml).
+Scans and masks are found and read as training reads them (`stroke_seg.data.discovery`,
+`stroke_seg.data.io.load_case`) and scored with `stroke_seg.metrics.dice`; prints one row
+per scan and the mean DSC per threshold, overall and for lesions under ``small_ml``
+(default 3.7 ml).
 """
 
 from __future__ import annotations
 
-import glob
 import sys
-from pathlib import Path
+from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 
-from stroke_seg.inference import Predictor
+from stroke_seg.data.discovery import discover
+from stroke_seg.data.io import load_case
+from stroke_seg.metrics import dice
 
 THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1)
 
 
-def dsc(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two boolean masks; 0 when both are empty (no lesion scan has an empty truth)."""
-    return float(2 * (pred & truth).sum() / max(int(pred.sum() + truth.sum()), 1))
+@dataclass(frozen=True)
+class ScanRow:
+    scan: str
+    lesion_ml: float
+    max_inside: float  # the largest probability inside the true lesion
+    median_inside: float
+    dsc: tuple[float, ...]  # one per THRESHOLDS
+
+
+def scan_row(
+    scan: str, prob: np.ndarray, truth: np.ndarray, voxel_ml: float, thresholds=THRESHOLDS
+) -> ScanRow:
+    """The probability inside `truth` and the DSC of `prob > t` for each threshold `t`."""
+    truth = truth.astype(bool)
+    inside = prob[truth] if truth.any() else np.zeros(1, dtype=prob.dtype)
+    return ScanRow(
+        scan=scan,
+        lesion_ml=float(truth.sum()) * voxel_ml,
+        max_inside=float(inside.max()),
+        median_inside=float(np.median(inside)),
+        dsc=tuple(dice(prob > t, truth) for t in thresholds),
+    )
+
+
+def summary(rows: list[ScanRow], small_ml: float) -> dict[str, tuple[int, list[float]]]:
+    """Mean DSC per threshold: all scans, those under `small_ml` and the rest ({label: (n, means)})."""
+    table = np.array([r.dsc for r in rows])
+    small = np.array([r.lesion_ml < small_ml for r in rows], dtype=bool)
+    out = {"all": (len(rows), table.mean(0).tolist())}
+    for label, sel in ((f"under {small_ml} ml", small), (f"{small_ml} ml and over", ~small)):
+        if sel.any():
+            out[label] = (int(sel.sum()), table[sel].mean(0).tolist())
+    return out
 
 
 def main(argv: list[str]) -> int:
     opts = dict(a.split("=", 1) for a in argv)
     if "ckpt" not in opts or "root" not in opts:
         raise SystemExit("usage: lesion_probabilities.py ckpt=<checkpoint> root=<data folder>")
+    from stroke_seg.inference import Predictor  # torch: only once the arguments are right
+
     predictor = Predictor.from_checkpoints(
         opts["ckpt"].split(","),
         mode=opts.get("mode", "auto"),
@@ -48,42 +82,23 @@ def main(argv: list[str]) -> int:
     )
     small_ml = float(opts.get("small_ml", 3.7))
     rows = []
-    # glob.glob, not Path.rglob: it follows linked subject folders (Python < 3.13).
-    scans = sorted(Path(p) for p in glob.glob(f"{opts['root']}/**/*_T1w.nii.gz", recursive=True))
-    if not scans:
-        raise SystemExit(f"root={opts['root']} holds no *_T1w.nii.gz scan; point it at a data set.")
-    for t1 in scans:
-        img = nib.load(t1)
-        truth_img = nib.load(str(t1).replace("_T1w.nii.gz", "_label-L_desc-T1lesion_mask.nii.gz"))
-        truth = np.asarray(truth_img.dataobj) > 0
-        prob = predictor.predict(np.asarray(img.dataobj, dtype=np.float32), img.affine).prob
-        ml = truth.sum() * float(np.prod(img.header.get_zooms()[:3])) / 1000
-        inside = prob[truth] if truth.any() else np.zeros(1)
-        rows.append(
-            (
-                t1.name,
-                ml,
-                inside.max(),
-                np.median(inside),
-                [dsc(prob > t, truth) for t in THRESHOLDS],
-            )
-        )
-    rows.sort(key=lambda r: r[1])
+    for case in discover(opts["root"], opts.get("layout", "synthetic")):
+        sample = load_case(case)
+        prob = predictor.predict(sample["image"], sample["affine"]).prob
+        voxel_ml = float(np.prod(sample["spacing"])) / 1000
+        rows.append(scan_row(case.subject, prob, truth, voxel_ml))
+    rows.sort(key=lambda r: r.lesion_ml)
     print(
         "scan | lesion ml | max p in lesion | median p in lesion | DSC at "
         + " ".join(map(str, THRESHOLDS))
     )
-    for name, ml, pmax, pmed, d in rows:
-        print(f"{name} | {ml:.2f} | {pmax:.2f} | {pmed:.2f} | " + " ".join(f"{x:.2f}" for x in d))
-    table = np.array([r[4] for r in rows])
-    small = np.array([r[1] < small_ml for r in rows], dtype=bool)
-    print("mean DSC per threshold, all", len(rows), np.round(table.mean(0), 3).tolist())
-    for label, sel in ((f"under {small_ml} ml", small), (f"{small_ml} ml and over", ~small)):
-        if sel.any():
-            print(
-                f"mean DSC per threshold, {label} ({sel.sum()})",
-                np.round(table[sel].mean(0), 3).tolist(),
-            )
+    for r in rows:
+        print(
+            f"{r.scan} | {r.lesion_ml:.2f} | {r.max_inside:.2f} | {r.median_inside:.2f} | "
+            + " ".join(f"{x:.2f}" for x in r.dsc)
+        )
+    for label, (n, means) in summary(rows, small_ml).items():
+        print(f"mean DSC per threshold, {label} ({n})", np.round(means, 3).tolist())
     return 0
 
 

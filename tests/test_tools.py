@@ -1,0 +1,48 @@
+"""The analysis tools under tools/ (not a package: loaded from their files)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lesion_probabilities_row_tells_unlearned_from_threshold_problem():
+    lp = _load("lesion_probabilities")
+    truth = np.zeros((10, 10, 10), dtype=bool)
+    truth[2:6, 2:6, 2:6] = True  # 64 voxels
+    prob = np.zeros(truth.shape, dtype=np.float32)
+    prob[truth] = 0.35  # a lesion seen, but under 0.5: found from threshold 0.3 down
+    prob[2, 2, 2] = 0.8
+    row = lp.scan_row("s1", prob, truth, voxel_ml=0.008)
+    assert row.lesion_ml == pytest.approx(64 * 0.008)
+    assert row.max_inside == pytest.approx(0.8)
+    assert row.median_inside == pytest.approx(0.35)
+    # 0.5 and 0.4: one voxel of 64 -> 2 / 65; 0.3 and below: all of it.
+    assert row.dsc == pytest.approx((2 / 65, 2 / 65, 1.0, 1.0, 1.0))
+
+
+def test_lesion_probabilities_summary_splits_by_size():
+    lp = _load("lesion_probabilities")
+    rows = [
+        lp.ScanRow("a", 1.0, 0.0, 0.0, (0.0, 0.1)),
+        lp.ScanRow("b", 2.0, 0.0, 0.0, (0.2, 0.3)),
+        lp.ScanRow("c", 10.0, 0.9, 0.8, (0.8, 0.9)),
+    ]
+    out = lp.summary(rows, small_ml=3.7)
+    assert out["all"][0] == 3 and out["all"][1] == pytest.approx([1.0 / 3, 1.3 / 3])
+    assert out["under 3.7 ml"] == (2, pytest.approx([0.1, 0.2]))
+    assert out["3.7 ml and over"] == (1, pytest.approx([0.8, 0.9]))
