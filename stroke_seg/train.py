@@ -24,7 +24,8 @@ from stroke_seg.callbacks import FiniteLossGuard, call_logger, guard_logger
 from stroke_seg.checkpoints import load_matching_weights, read_checkpoint
 from stroke_seg.data.datamodule import StrokeDataModule
 from stroke_seg.distributed import check_launch, close_process_group_at_exit, is_rank_zero
-from stroke_seg.errors import StrokeSegError, config_section
+from stroke_seg.budget import TimeBudget
+from stroke_seg.errors import StrokeSegError, config_section, option_error
 from stroke_seg.lit_module import LesionSegModule, check_optim, check_speed
 from stroke_seg.precision import resolve_precision
 from stroke_seg.safe_io import AtomicCheckpointIO
@@ -48,6 +49,7 @@ def check_config(cfg: DictConfig, run_dir: Path) -> None:
             "Pass either ckpt= (start a stage from weights) or resume= (continue a run), not both."
         )
     check_snapshot_epochs(cfg)
+    check_time_budget(cfg)
     if cfg.resume:
         read_checkpoint(cfg.resume, key="resume")  # plain data only, or one clear sentence
     existing = run_dir / "checkpoints"
@@ -84,6 +86,29 @@ def check_snapshot_epochs(cfg: DictConfig) -> list[str]:
     for warning in warnings:
         log.warning(warning)
     return warnings
+
+
+def check_time_budget(cfg: DictConfig) -> None:
+    """A time budget (`stroke_seg.budget`) decides the stage's length at run time, so it needs
+    one cosine cycle over the whole stage and no snapshot epochs (which name epochs)."""
+    budget = cfg.stage.get("time_budget_s")
+    if budget is None:
+        return
+    if float(budget) <= 0:
+        raise option_error("stage.time_budget_s", budget, "must be a positive number of seconds (or null).")
+    if list(cfg.stage.get("snapshot_epochs") or []):
+        raise StrokeSegError(
+            f"stage.time_budget_s={budget} decides the number of epochs at run time, so it "
+            f"cannot keep stage.snapshot_epochs={list(cfg.stage.snapshot_epochs)}; set "
+            "stage.snapshot_epochs=[] or stage.time_budget_s=null."
+        )
+    period = int(cfg.optim.get("restart_period_epochs") or 0)
+    if period != int(cfg.stage.max_epochs):
+        raise StrokeSegError(
+            f"stage.time_budget_s={budget} fits one cosine cycle to the budget: set "
+            f"optim.restart_period_epochs ({period}) to stage.max_epochs "
+            f"({cfg.stage.max_epochs}), or stage.time_budget_s=null."
+        )
 
 
 # What a training run writes into its folder (Hydra's own .hydra/ and train.log belong to the
@@ -271,4 +296,7 @@ def write_summary(
         "resumed_from": cfg.resume,
         "checkpoints": sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")),
     }
+    budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
+    if budget is not None and budget.record() is not None:
+        summary["time_budget"] = budget.record()
     return write_json(run_dir / "summary.json", summary)

@@ -231,6 +231,8 @@ def test_paper_preset_is_table_1_with_every_recipe_option_off(stage):
     assert cfg["stage"]["lr"] == want["lr"] == cfg["optim"]["lr"]
     assert cfg["stage"]["snapshot_epochs"] == want["snapshots"]
     assert cfg["callbacks"]["snapshot"]["epochs"] == want["snapshots"]
+    # Table 1 is a number of epochs: no wall-clock budget
+    assert cfg["stage"]["time_budget_s"] is None and cfg["callbacks"]["time_budget"]["seconds"] is None
     assert cfg["optim"] == {
         "lr": want["lr"],
         "weight_decay": 1e-4,
@@ -299,6 +301,23 @@ def test_recipe_is_the_paper_plus_exactly_its_listed_options(stage):
     assert set(recipe) == set(paper)
     for key in ("data.sampling", "data.foreground_prob", "loss.smooth", "trainer.precision"):
         assert demo[key] == recipe[key]
+
+
+def test_demo_zoom_in_is_a_time_budget_over_one_cosine_cycle_and_zoom_out_is_fixed():
+    """The demo's zoom-in fits its epochs to 500 s (at most 150, one cycle: the combination
+    train.check_time_budget accepts); zoom-out keeps its two epochs and two snapshots."""
+    from stroke_seg.train import check_time_budget
+
+    zoom_in, zoom_out = (
+        compose_resolved("train", ["experiment=demo", f"stage={s}", "name=x"])
+        for s in ("zoom_in", "zoom_out")
+    )
+    assert zoom_in.callbacks.time_budget.seconds == zoom_in.stage.time_budget_s == 500
+    assert zoom_in.trainer.max_epochs == zoom_in.optim.restart_period_epochs == 150
+    assert list(zoom_in.stage.snapshot_epochs) == []
+    check_time_budget(zoom_in)  # accepted
+    assert zoom_out.stage.time_budget_s is None and zoom_out.trainer.max_epochs == 2
+    assert list(zoom_out.stage.snapshot_epochs) == [1, 2]
 
 
 def test_inference_post_processing_is_off_by_default():

@@ -4,9 +4,11 @@ Each row trains the demo network in the zoom-in&out schedule (``experiment=demo`
 synthetic data, CPU) with one recipe option changed, then scores the final model and the
 snapshot ensemble on the 30-scan test set (seed 1), and the final model on the 30-scan
 external set (seed 2) and on 30 domain-randomised scans (seed 3), and records the training
-wall-clock. Every row trains for the demo's epochs, so rows that cost the same per epoch
-(all but deep supervision and the augmentations, whose extra cost the wall-clock column
-shows) run at equal compute. The first row is the paper's recipe at the demo's scale
+wall-clock. The demo's zoom-in trains for a wall-clock budget (480 s,
+``stage.time_budget_s``), so every row that keeps it runs at equal zoom-in wall-clock on any
+machine, and a row that costs more per step (deep supervision, the augmentations) trains
+fewer epochs; the rows built with `zoom_in_epochs` fix the epochs instead, so that they are
+the same on every machine. The first row is the paper's recipe at the demo's scale
 (uniform crops, Dice with machine epsilon, no augmentation), so that every other row reads
 as "this option against the paper at this budget".
 
@@ -47,6 +49,9 @@ DATASETS = {
     RANDOMISED_TEST_DATA: ["n=30", "seed=3", "spacing=2", "randomise=true"],
 }
 RANDOMISED_TRAIN_ARGS = ["n=40", "seed=0", "spacing=2", "randomise=true"]  # rows=randomised
+# 120 training subjects (the first 40 are TRAIN_DATA's: a subject depends on (seed, index)).
+TRAIN_DATA_120 = "data/synthetic_2mm_120"
+TRAIN_120_ARGS = ["n=120", "seed=0", "spacing=2"]
 EPS = "2.220446049250313e-16"  # sys.float_info.epsilon: the reference code's Dice smoothing
 
 # The paper's recipe at the demo's scale: what experiment=demo changes from the paper besides
@@ -55,10 +60,12 @@ PAPER = ["data.sampling=uniform", f"loss.smooth={EPS}"]
 
 
 def zoom_in_epochs(epochs: int) -> list[str]:
-    """Overrides for a zoom-in of `epochs` epochs in one cosine cycle (the demo's shape)."""
+    """Overrides for a zoom-in of exactly `epochs` epochs in one cosine cycle, without the
+    demo's time budget (the trials that fixed the epochs)."""
     return [
         f"demo_stages.zoom_in.max_epochs={epochs}",
         f"demo_stages.zoom_in.restart_period_epochs={epochs}",
+        "demo_stages.zoom_in.time_budget_s=null",
     ]
 
 
@@ -103,6 +110,19 @@ ROWS: dict[str, Row] = {
         "demo + zoom-in on 32^3 crops for 60 epochs (one cycle; about equal zoom-in time)",
         ["demo_stages.zoom_in.crop_size=[32,32,32]", *zoom_in_epochs(60)],
     ),
+    # The trials of 2026-12-03 (docs/training.md "The CPU demo"): zoom-in epochs fixed, so
+    # that the rows are the same on every machine (the demo itself trains for 480 s).
+    "epochs28": Row("demo with 28 zoom-in epochs (the demo before the time budget)", zoom_in_epochs(28)),
+    "epochs84": Row("demo with 84 zoom-in epochs", zoom_in_epochs(84)),
+    "epochs126": Row("demo with 126 zoom-in epochs", zoom_in_epochs(126)),
+    "subjects120": Row(
+        "demo on 120 training subjects (91 train), 28 zoom-in epochs (as many steps as epochs84)",
+        [f"data.root={TRAIN_DATA_120}", *zoom_in_epochs(28)],
+    ),
+    "subjects120_epochs44": Row(
+        "demo on 120 training subjects, 44 zoom-in epochs (as many steps as epochs126)",
+        [f"data.root={TRAIN_DATA_120}", *zoom_in_epochs(44)],
+    ),
     "crop32_fg90": Row(
         "crop32 + 90 % lesion-centred crops",
         [
@@ -131,6 +151,8 @@ def sh(args: list[str], log: Path) -> float:
 
 def ensure_data(log: Path, names: list[str]) -> None:
     extra = {RANDOMISED_TRAIN_DATA: RANDOMISED_TRAIN_ARGS} if "randomised" in names else {}
+    if any(name.startswith("subjects120") for name in names):
+        extra[TRAIN_DATA_120] = TRAIN_120_ARGS
     for folder, args in {**DATASETS, **extra}.items():
         if not (REPO / folder / "dataset.json").is_file():
             sh([PY, "-m", "stroke_seg.data.synthetic", f"out={folder}", *args, "quiet=true"], log)
