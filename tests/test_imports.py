@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     "lit_module": 3,
     "inference": 3,
     "callbacks": 3,
+    "budget": 3,
     "distributed": 3,  # Lightning launch helpers of the training task
     "precision": 3,  # trainer.precision=auto: bf16 where the device runs it natively
     "plotting": 3,
