@@ -304,7 +304,7 @@ def test_recipe_is_the_paper_plus_exactly_its_listed_options(stage):
 
 
 def test_demo_zoom_in_is_a_time_budget_over_one_cosine_cycle_and_zoom_out_is_fixed():
-    """The demo's zoom-in fits its epochs to 500 s (at most 150, one cycle: the combination
+    """The demo's zoom-in fits its epochs to 600 s (at most 150, one cycle: the combination
     train.check_time_budget accepts); zoom-out keeps its two epochs and two snapshots."""
     from stroke_seg.train import check_time_budget
 
@@ -312,7 +312,7 @@ def test_demo_zoom_in_is_a_time_budget_over_one_cosine_cycle_and_zoom_out_is_fix
         compose_resolved("train", ["experiment=demo", f"stage={s}", "name=x"])
         for s in ("zoom_in", "zoom_out")
     )
-    assert zoom_in.callbacks.time_budget.seconds == zoom_in.stage.time_budget_s == 500
+    assert zoom_in.callbacks.time_budget.seconds == zoom_in.stage.time_budget_s == 600
     assert zoom_in.trainer.max_epochs == zoom_in.optim.restart_period_epochs == 150
     assert list(zoom_in.stage.snapshot_epochs) == []
     check_time_budget(zoom_in)  # accepted
