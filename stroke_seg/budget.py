@@ -1,10 +1,10 @@
 """Train a stage for a wall-clock budget instead of a fixed number of epochs (not in the paper).
 
-``stage.time_budget_s=480`` makes ``stage.max_epochs`` a cap: after a few epochs the callback
+``stage.time_budget_s=600`` makes ``stage.max_epochs`` a cap: after a few epochs the callback
 measures how long an epoch takes on this machine (validation included) and sets the number
 of epochs to what fits in the budget, and the cosine cycle to that length, so the stage still
-anneals the learning rate to ``eta_min`` at its end. The same command then trains about 30
-epochs on a CPU without native bf16 and 100 or more on one with it, each run finishing its
+anneals the learning rate to ``eta_min`` at its end. The demo's zoom-in then trains about 40
+epochs on a CPU without native bf16 and about 100 on one with it, each run finishing its
 schedule. Why not Lightning's ``Trainer(max_time=...)``: it stops wherever the clock runs out,
 in the middle of the cosine cycle, at a high learning rate; and a fixed epoch count cannot
 keep a CPU demo under its time on slow machines while using the fast ones. `experiment=paper`
@@ -107,7 +107,20 @@ class TimeBudget(pl.Callback):
             return
         first = self.epochs is None
         self.epochs = epochs
+        rate_before = trainer.optimizers[0].param_groups[0]["lr"]
         self._apply(trainer)
+        if epochs == done:
+            # The budget is spent: the stage ends now, and its last steps ran at a rate the
+            # cosine never annealed. Say so rather than hand over a half-trained model quietly.
+            log.warning(
+                "stage.time_budget_s=%g is spent after %d epochs (%.2f s each): the stage ends "
+                "with the learning rate at %.0f %% of its maximum, not annealed; raise "
+                "stage.time_budget_s or set it to null for stage.max_epochs.",
+                self.seconds,
+                done,
+                self.seconds_per_epoch,
+                100 * rate_before / max(self._scheduler(trainer).base_lrs[0], 1e-30),
+            )
         log.info(
             "stage.time_budget_s=%g: %.2f s per epoch after %d epochs, so %s%d epochs "
             "(stage.max_epochs %d) in one cosine cycle",
@@ -134,7 +147,9 @@ class TimeBudget(pl.Callback):
         # the new one (the scheduler's own formula), so the change applies from the next step.
         rates = [
             scheduler.eta_min
-            + (base - scheduler.eta_min) * (1 + math.cos(math.pi * scheduler.T_cur / scheduler.T_i)) / 2
+            + (base - scheduler.eta_min)
+            * (1 + math.cos(math.pi * scheduler.T_cur / scheduler.T_i))
+            / 2
             for base in scheduler.base_lrs
         ]
         for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):

@@ -20,11 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from stroke_seg.atomic import write_json, write_text
+from stroke_seg.budget import TimeBudget
 from stroke_seg.callbacks import FiniteLossGuard, call_logger, guard_logger
 from stroke_seg.checkpoints import load_matching_weights, read_checkpoint
 from stroke_seg.data.datamodule import StrokeDataModule
 from stroke_seg.distributed import check_launch, close_process_group_at_exit, is_rank_zero
-from stroke_seg.budget import TimeBudget
 from stroke_seg.errors import StrokeSegError, config_section, option_error
 from stroke_seg.lit_module import LesionSegModule, check_optim, check_speed
 from stroke_seg.precision import resolve_precision
@@ -95,7 +95,9 @@ def check_time_budget(cfg: DictConfig) -> None:
     if budget is None:
         return
     if float(budget) <= 0:
-        raise option_error("stage.time_budget_s", budget, "must be a positive number of seconds (or null).")
+        raise option_error(
+            "stage.time_budget_s", budget, "must be a positive number of seconds (or null)."
+        )
     if list(cfg.stage.get("snapshot_epochs") or []):
         raise StrokeSegError(
             f"stage.time_budget_s={budget} decides the number of epochs at run time, so it "

@@ -1,4 +1,4 @@
-"""stage.time_budget_s: the stage's epochs and its one cosine cycle fitted to a wall-clock budget."""
+"""stage.time_budget_s: a stage's epochs and its one cosine cycle fitted to a wall-clock budget."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def _lrs(run_dir):
     return [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")]
 
 
-def test_budget_shortens_the_stage_and_fits_the_cosine_cycle_to_it(tiny_bids, tmp_path, monkeypatch):
+def test_budget_shortens_the_stage_and_fits_the_cosine_cycle_to_it(
+    tiny_bids, tmp_path, monkeypatch
+):
     """The budget's decisions (forced here: 5 epochs of a cap of 8 at the end of epoch 2, then
     4 at the end of epoch 3) end the stage after 4 epochs with the learning rate annealed:
     the cosine runs over 8 x 6 steps, then 5 x 6 from step 12, then 4 x 6 from step 18."""
@@ -67,6 +69,25 @@ def test_budget_shortens_the_stage_and_fits_the_cosine_cycle_to_it(tiny_bids, tm
     assert saved["epochs"] == 4  # a resumed run keeps the decision
 
 
+def test_a_budget_spent_at_the_first_decision_is_said_not_silent(
+    tiny_bids, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(stroke_seg.budget, "epochs_for_budget", lambda *args: args[2])
+    run_dir = tmp_path / "spent"
+    cfg = compose_train(
+        run_dir,
+        tiny_bids,
+        ["stage.max_epochs=8", "optim.restart_period_epochs=8", "stage.time_budget_s=60"],
+    )
+    with caplog.at_level("WARNING", logger="stroke_seg.budget"):
+        run(cfg)
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 2
+    warned = [r.getMessage() for r in caplog.records if "is spent after 2 epochs" in r.getMessage()]
+    assert len(warned) == 1 and "not annealed" in warned[0]
+    # after 12 of 48 steps of the cap's cosine: 85 % of the maximum rate
+    assert "at 85 %" in warned[0]
+
+
 def test_a_generous_budget_trains_max_epochs(tiny_bids, tmp_path):
     run_dir = tmp_path / "generous"
     run(
@@ -80,7 +101,7 @@ def test_a_generous_budget_trains_max_epochs(tiny_bids, tmp_path):
     assert summary["epochs"] == 3 and summary["time_budget"]["epochs"] == 3
     assert summary["time_budget"]["seconds_per_epoch"] > 0
     lrs = _lrs(run_dir)
-    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # one cycle, no restart
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))  # one cycle, no restart
 
 
 @pytest.mark.parametrize(
@@ -89,7 +110,11 @@ def test_a_generous_budget_trains_max_epochs(tiny_bids, tmp_path):
         (["stage.time_budget_s=60"], "optim.restart_period_epochs"),  # tiny: restart every epoch
         (["stage.time_budget_s=0"], "stage.time_budget_s=0"),
         (
-            ["stage.time_budget_s=60", "optim.restart_period_epochs=2", "stage.snapshot_epochs=[2]"],
+            [
+                "stage.time_budget_s=60",
+                "optim.restart_period_epochs=2",
+                "stage.snapshot_epochs=[2]",
+            ],
             "stage.snapshot_epochs",
         ),
     ],

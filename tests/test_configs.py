@@ -232,7 +232,9 @@ def test_paper_preset_is_table_1_with_every_recipe_option_off(stage):
     assert cfg["stage"]["snapshot_epochs"] == want["snapshots"]
     assert cfg["callbacks"]["snapshot"]["epochs"] == want["snapshots"]
     # Table 1 is a number of epochs: no wall-clock budget
-    assert cfg["stage"]["time_budget_s"] is None and cfg["callbacks"]["time_budget"]["seconds"] is None
+    assert (
+        cfg["stage"]["time_budget_s"] is None and cfg["callbacks"]["time_budget"]["seconds"] is None
+    )
     assert cfg["optim"] == {
         "lr": want["lr"],
         "weight_decay": 1e-4,

@@ -46,3 +46,26 @@ def test_lesion_probabilities_summary_splits_by_size():
     assert out["all"][0] == 3 and out["all"][1] == pytest.approx([1.0 / 3, 1.3 / 3])
     assert out["under 3.7 ml"] == (2, pytest.approx([0.1, 0.2]))
     assert out["3.7 ml and over"] == (1, pytest.approx([0.8, 0.9]))
+
+
+def test_lesion_probabilities_main_scores_every_scan_against_its_mask(tiny_bids, ckpt, capsys):
+    """End to end on the tiny scans: one row per scan, its lesion volume read from the mask
+    on disk, and DSCs between 0 and 1 (the untrained checkpoint's values are whatever they are)."""
+    import nibabel as nib
+
+    lp = _load("lesion_probabilities")
+    assert lp.main([f"ckpt={ckpt}", f"root={tiny_bids}", "device=cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split(" | ") for line in out if line.startswith("sub-")]
+    masks = sorted(tiny_bids.rglob("*_mask.nii.gz"))
+    assert len(rows) == len(masks) == 8
+    want = {}
+    for m in masks:
+        img = nib.load(m)
+        ml = float((np.asarray(img.dataobj) > 0).sum() * np.prod(img.header.get_zooms()) / 1000)
+        want[m.name.split("_")[0]] = ml
+    for scan, ml, max_p, median_p, dscs in rows:
+        assert float(ml) == pytest.approx(want[scan.split("_")[0]], abs=0.01)
+        assert 0 <= float(median_p) <= float(max_p) <= 1
+        assert all(0 <= float(d) <= 1 for d in dscs.split())
+    assert any(line.startswith("mean DSC per threshold, all (8)") for line in out)

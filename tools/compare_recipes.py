@@ -112,7 +112,9 @@ ROWS: dict[str, Row] = {
     ),
     # The trials of 2026-12-03 (docs/training.md "The CPU demo"): zoom-in epochs fixed, so
     # that the rows are the same on every machine (the demo itself trains for 600 s).
-    "epochs28": Row("demo with 28 zoom-in epochs (the demo before the time budget)", zoom_in_epochs(28)),
+    "epochs28": Row(
+        "demo with 28 zoom-in epochs (the demo before the time budget)", zoom_in_epochs(28)
+    ),
     "epochs84": Row("demo with 84 zoom-in epochs", zoom_in_epochs(84)),
     "epochs126": Row("demo with 126 zoom-in epochs", zoom_in_epochs(126)),
     "subjects120": Row(

@@ -56,7 +56,8 @@ def scan_row(
 
 
 def summary(rows: list[ScanRow], small_ml: float) -> dict[str, tuple[int, list[float]]]:
-    """Mean DSC per threshold: all scans, those under `small_ml` and the rest ({label: (n, means)})."""
+    """Mean DSC per threshold for all scans, those under `small_ml` and the rest:
+    {label: (n, means)}."""
     table = np.array([r.dsc for r in rows])
     small = np.array([r.lesion_ml < small_ml for r in rows], dtype=bool)
     out = {"all": (len(rows), table.mean(0).tolist())}
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> int:
         sample = load_case(case)
         prob = predictor.predict(sample["image"], sample["affine"]).prob
         voxel_ml = float(np.prod(sample["spacing"])) / 1000
-        rows.append(scan_row(case.subject, prob, truth, voxel_ml))
+        rows.append(scan_row(case.subject, prob, sample["label"] > 0, voxel_ml))
     rows.sort(key=lambda r: r.lesion_ml)
     print(
         "scan | lesion ml | max p in lesion | median p in lesion | DSC at "
