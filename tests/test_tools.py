@@ -69,3 +69,37 @@ def test_lesion_probabilities_main_scores_every_scan_against_its_mask(tiny_bids,
         assert 0 <= float(median_p) <= float(max_p) <= 1
         assert all(0 <= float(d) <= 1 for d in dscs.split())
     assert any(line.startswith("mean DSC per threshold, all (8)") for line in out)
+
+
+def test_compare_recipes_table_prints_each_figure_of_a_row():
+    cr = _load("compare_recipes")
+
+    def scores(dsc, lo, hi, hd=None, f1=None):
+        return {"n": 30, "dsc": dsc, "dsc_ci95": [lo, hi], "hd95_mm": hd, "lesion_f1": f1}
+
+    row = {
+        "row": "demo",
+        "what": "the demo",
+        "val_dsc": 0.8164,
+        "n_val": 4,
+        "zoom_in_epochs": 101,
+        "train_seconds": 726.0,
+        "test": {"final": scores(0.7371, 0.616, 0.837, 2.8, 0.84), "ensemble": scores(0.736, 0, 1)},
+        "external": {"final": scores(0.7132, 0.595, 0.818)},
+        "randomised": {"final": scores(0.133, 0.05, 0.23)},
+    }
+    head, rule, line = cr.table([row]).splitlines()
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert len(cells) == len(head.strip("|").split("|")) == rule.count("---")
+    assert cells == [
+        "demo: the demo",
+        "0.816 (4)",
+        "0.737 [0.616, 0.837] (n=30)",
+        "0.736",
+        "0.713 [0.595, 0.818] (n=30)",
+        "0.133 (n=30)",
+        "2.8",
+        "0.840",
+        "101",
+        "12.1 min",
+    ]
