@@ -103,3 +103,31 @@ def test_compare_recipes_table_prints_each_figure_of_a_row():
         "101",
         "12.1 min",
     ]
+
+
+def test_compare_recipes_pairs_each_row_with_the_row_it_changes(tmp_path, monkeypatch):
+    """Differences per scan over the subjects both rows were scored on, the row's `versus`
+    (demo against paper), and each row's ensemble against its final model."""
+    cr = _load("compare_recipes")
+    monkeypatch.setattr(cr, "REPO", tmp_path)
+
+    def write(name, label, dsc, model="final"):
+        path = cr.cases_csv(tmp_path / "cmp", name, label, model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = ["subject,dsc,lesion_mm3"] + [f"s{i},{d},1.0" for i, d in enumerate(dsc)]
+        path.write_text("\n".join(lines) + "\n")
+
+    for label in cr.LABELS:
+        write("paper", label, [0.5, 0.6, 0.7, 0.2])
+        write("demo", label, [0.7, 0.7, 0.7])  # s3 not scored: left out of the pairing
+    write("paper", "test", [0.5, 0.6, 0.7, 0.2], "ensemble")
+    write("demo", "test", [0.7, 0.8, 0.6], "ensemble")
+    diffs = cr.paired_differences(tmp_path / "cmp", ["paper", "demo"])
+    assert set(diffs) == {"demo − paper", "paper: ensemble − final", "demo: ensemble − final"}
+    d = diffs["demo − paper"]["external"]
+    assert d["n"] == 3 and d["mean"] == pytest.approx(0.1)
+    assert d["ci95"][0] == pytest.approx(0.0) and d["ci95"][1] == pytest.approx(0.2)
+    e = diffs["demo: ensemble − final"]
+    assert set(e) == {"test"} and e["test"]["mean"] == pytest.approx(0.0, abs=1e-12)
+    line = cr.paired_table(diffs).splitlines()[3]  # after the head, the rule and demo − paper
+    assert line == "| paper: ensemble − final | +0.000 [+0.000, +0.000] (n=4) | — | — |"

@@ -20,18 +20,26 @@ commands a user types), so that each has the whole CPU. The data sets are the Ma
     python tools/compare_recipes.py rows=paper,demo,smooth1  # a subset (see ROWS)
     python tools/compare_recipes.py out=runs/compare         # where runs and the table go
     python tools/compare_recipes.py rows=demo keep=true      # re-score rows already trained
+    python tools/compare_recipes.py report_only=true         # the tables from compare.json
 
-Writes ``<out>/compare.json`` (every figure) and ``<out>/compare.md`` (the table).
+Writes ``<out>/compare.json`` (every figure) and ``<out>/compare.md``: the table, then the
+paired per-scan DSC difference of each row against the row it changes one option of
+(``Row.versus``), read from the evaluations' ``cases.csv``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+
+from stroke_seg.stats import bootstrap_ci
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -72,22 +80,30 @@ def zoom_in_epochs(epochs: int) -> list[str]:
 @dataclass(frozen=True)
 class Row:
     """One recipe: what it changes, the overrides of both training stages, the evaluation
-    overrides, and the row whose trained models it reuses (an evaluation-only option)."""
+    overrides, the row whose trained models it reuses (an evaluation-only option), and the
+    row it differs from by one option (`versus`: the paired differences are against it)."""
 
     what: str
     train: list[str] = field(default_factory=list)
     evaluate: list[str] = field(default_factory=list)
     reuse: str | None = None
+    versus: str | None = "demo"
 
 
 ROWS: dict[str, Row] = {
-    "paper": Row("the paper's recipe (uniform crops, Dice eps = 2.2e-16)", PAPER),
-    "demo": Row("paper + 2/3 lesion-centred crops + Dice eps = 1 (experiment=demo)"),
+    "paper": Row("the paper's recipe (uniform crops, Dice eps = 2.2e-16)", PAPER, versus=None),
+    "demo": Row(
+        "paper + 2/3 lesion-centred crops + Dice eps = 1 (experiment=demo)", versus="paper"
+    ),
     "appearance": Row("demo + augmentation=appearance", ["augmentation=appearance"]),
     "foreground": Row(
-        "paper + 2/3 lesion-centred crops", ["data.sampling=foreground", f"loss.smooth={EPS}"]
+        "paper + 2/3 lesion-centred crops",
+        ["data.sampling=foreground", f"loss.smooth={EPS}"],
+        versus="paper",
     ),
-    "smooth1": Row("paper + Dice eps = 1", ["data.sampling=uniform", "loss.smooth=1.0"]),
+    "smooth1": Row(
+        "paper + Dice eps = 1", ["data.sampling=uniform", "loss.smooth=1.0"], versus="paper"
+    ),
     "postprocess": Row(
         "demo + min_lesion_mm3 chosen on val", evaluate=["min_lesion_mm3=auto"], reuse="demo"
     ),
@@ -132,6 +148,7 @@ ROWS: dict[str, Row] = {
             *zoom_in_epochs(60),
             "data.foreground_prob=0.9",
         ],
+        versus="crop32",
     ),
 }
 # `python tools/compare_recipes.py` with no rows=: the rows that fit in an hour on a 2-core
@@ -251,6 +268,78 @@ def table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+LABELS = ("test", "external", "randomised")
+PAIRED_RESAMPLES = 5000
+
+
+def cases_csv(out: Path, name: str, label: str, model: str = "final") -> Path:
+    """The per-scan scores of a row's model ("final", or "ensemble" on the test set) on one
+    evaluation set."""
+    folder = REPO / "runs" / out.name / (ROWS[name].reuse or name) / "eval" / f"{name}_{label}"
+    # evaluate.py writes one folder per model when it scores several (the test set)
+    return folder / model / "cases.csv" if label == "test" else folder / "cases.csv"
+
+
+def read_dsc(path: Path) -> dict[str, float]:
+    with path.open(newline="") as f:
+        return {r["subject"]: float(r["dsc"]) for r in csv.DictReader(f)}
+
+
+def paired_difference(row: dict[str, float], base: dict[str, float]) -> dict:
+    """Mean per-scan DSC difference over the scans both were scored on, with a percentile
+    bootstrap CI (`stroke_seg.stats.bootstrap_ci`: the same resamples for every pair)."""
+    subjects = sorted(row.keys() & base.keys())
+    diff = np.array([row[s] - base[s] for s in subjects])
+    lo, hi = bootstrap_ci(diff, n_resamples=PAIRED_RESAMPLES)
+    return {"n": len(subjects), "mean": float(diff.mean()), "ci95": [lo, hi]}
+
+
+def paired_differences(out: Path, names: list[str]) -> dict[str, dict]:
+    """{"<row> − <versus>": {label: difference}} for the rows whose `versus` row is in names,
+    then {"<row>: ensemble − final": {"test": difference}} for every row (the snapshot
+    ensemble is scored on the test set only)."""
+    found = {}
+    for name in names:
+        base = ROWS[name].versus
+        if base in names:
+            found[f"{name} − {base}"] = {
+                label: paired_difference(
+                    read_dsc(cases_csv(out, name, label)), read_dsc(cases_csv(out, base, label))
+                )
+                for label in LABELS
+            }
+    for name in names:
+        ensemble, final = (read_dsc(cases_csv(out, name, "test", m)) for m in ("ensemble", "final"))
+        found[f"{name}: ensemble − final"] = {"test": paired_difference(ensemble, final)}
+    return found
+
+
+def paired_table(diffs: dict[str, dict]) -> str:
+    head = "| paired per scan | test | external | randomised |\n|---|---|---|---|\n"
+
+    def cell(d: dict | None) -> str:
+        if d is None:
+            return "—"
+        return f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] (n={d['n']})"
+
+    lines = [
+        f"| {what} | " + " | ".join(cell(d.get(x)) for x in LABELS) + " |"
+        for what, d in diffs.items()
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+def report(out: Path, results: dict) -> str:
+    """compare.md: the table of every row run so far, then the paired differences."""
+    names = [n for n in ROWS if n in results]
+    return (
+        table([results[n] for n in names])
+        + f"\nDSC differences (95 % bootstrap CI, {PAIRED_RESAMPLES} resamples): each row "
+        "against the row it changes one option of (final models), and each row's snapshot "
+        "ensemble against its final model:\n\n" + paired_table(paired_differences(out, names))
+    )
+
+
 def main(argv: list[str]) -> int:
     opts = dict(a.split("=", 1) for a in argv)
     names = opts.get("rows", ",".join(DEFAULT_ROWS)).split(",")
@@ -258,10 +347,16 @@ def main(argv: list[str]) -> int:
     if unknown:
         raise SystemExit(f"rows={unknown[0]} is not a row; use {', '.join(ROWS)}")
     out = REPO / opts.get("out", "runs/compare")
+    results_path = out / "compare.json"
+    if opts.get("report_only") == "true":  # the tables again, from the rows already run
+        if not results_path.is_file():
+            raise SystemExit(f"{results_path} does not exist; run the rows first")
+        (out / "compare.md").write_text(report(out, json.loads(results_path.read_text())))
+        print((out / "compare.md").read_text())
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     log = out / "compare.log"
     ensure_data(log, names)
-    results_path = out / "compare.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for name in names:
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {ROWS[name].what}", flush=True)
@@ -270,7 +365,7 @@ def main(argv: list[str]) -> int:
             raise SystemExit(f"row {name} reuses the models of row {reuse}; run {reuse} first")
         results[name] = run_row(name, out, log, results, opts.get("keep") == "true")
         results_path.write_text(json.dumps(results, indent=1) + "\n")
-        (out / "compare.md").write_text(table([results[n] for n in ROWS if n in results]))
+        (out / "compare.md").write_text(report(out, results))
         print(table([results[name]]).splitlines()[-1], flush=True)
     print((out / "compare.md").read_text())
     return 0
