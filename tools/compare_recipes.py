@@ -21,6 +21,7 @@ commands a user types), so that each has the whole CPU. The data sets are the Ma
     python tools/compare_recipes.py out=runs/compare         # where runs and the table go
     python tools/compare_recipes.py rows=demo keep=true      # re-score rows already trained
     python tools/compare_recipes.py report_only=true         # the tables from compare.json
+    python tools/compare_recipes.py rows=paper,demo seed=43 out=runs/compare_seed43  # spread
 
 Writes ``<out>/compare.json`` (every figure) and ``<out>/compare.md``: the table, then the
 paired per-scan DSC difference of each row against the row it changes one option of
@@ -189,7 +190,9 @@ def summary(path: Path) -> dict:
     }
 
 
-def run_row(name: str, out: Path, log: Path, results: dict, keep: bool) -> dict:
+def run_row(
+    name: str, out: Path, log: Path, results: dict, keep: bool, seed: str | None = None
+) -> dict:
     row = ROWS[name]
     run = f"{out.name}/{row.reuse or name}"
     runs = REPO / "runs" / run
@@ -198,7 +201,8 @@ def run_row(name: str, out: Path, log: Path, results: dict, keep: bool) -> dict:
     for stage in ("zoom_in", "zoom_out") if row.reuse is None and not (keep and trained) else ():
         extra = [f"ckpt=runs/{run}/zoom_in/checkpoints/last.ckpt"] if stage == "zoom_out" else []
         cmd = [PY, "train.py", "experiment=demo", f"stage={stage}", f"name={run}"]
-        seconds += sh([*cmd, "overwrite=true", *row.train, *extra], log)
+        seeded = [f"seed={seed}"] if seed is not None else []  # train.yaml's seed otherwise
+        seconds += sh([*cmd, "overwrite=true", *row.train, *seeded, *extra], log)
     snapshots = sorted((runs / "zoom_out" / "checkpoints").glob("snapshot_epoch*.ckpt"))
     last = f"runs/{run}/zoom_out/checkpoints/last.ckpt"
     ensemble = ",".join(str(p.relative_to(REPO)) for p in snapshots)
@@ -232,6 +236,7 @@ def run_row(name: str, out: Path, log: Path, results: dict, keep: bool) -> dict:
         "train_overrides": row.train,
         "eval_overrides": row.evaluate,
         "reuses": row.reuse,
+        "seed": seed,  # None: train.yaml's seed (42)
         # Lightning's fit time of both stages (summary.json), and the commands' wall-clock
         # with start-up and data caching when this invocation trained them.
         "train_seconds": round(zoom_in["train_seconds"] + zoom_out["train_seconds"], 1),
@@ -363,7 +368,9 @@ def main(argv: list[str]) -> int:
         reuse = ROWS[name].reuse
         if reuse and reuse not in results:
             raise SystemExit(f"row {name} reuses the models of row {reuse}; run {reuse} first")
-        results[name] = run_row(name, out, log, results, opts.get("keep") == "true")
+        results[name] = run_row(
+            name, out, log, results, opts.get("keep") == "true", opts.get("seed")
+        )
         results_path.write_text(json.dumps(results, indent=1) + "\n")
         (out / "compare.md").write_text(report(out, results))
         print(table([results[name]]).splitlines()[-1], flush=True)
