@@ -297,7 +297,6 @@ def test_recipe_is_the_paper_plus_exactly_its_listed_options(stage):
     assert changed == {
         "data.sampling": ("uniform", "foreground"),
         "data.foreground_prob": (0.5, 0.67),
-        "loss.smooth": (pytest.approx(2.220446049250313e-16), 1.0),
         "trainer.precision": ("32-true", "auto"),
     }
     assert set(recipe) == set(paper)
