@@ -184,6 +184,29 @@ def summary(path: Path) -> dict:
     }
 
 
+# The models each evaluation set scores: the snapshot ensemble on the test set only.
+MODELS = {"test": ("final", "ensemble"), "external": ("final",), "randomised": ("final",)}
+LABELS = tuple(MODELS)
+PAIRED_RESAMPLES = 5000
+
+
+def eval_folder(out: Path, name: str, label: str) -> Path:
+    """A row's evaluation on one set: evaluate.py's ``output=``, relative to the checkout."""
+    return Path("runs") / out.name / (ROWS[name].reuse or name) / "eval" / f"{name}_{label}"
+
+
+def model_folder(out: Path, name: str, label: str, model: str = "final") -> Path:
+    """Where one model's ``summary.json`` and ``cases.csv`` of that evaluation are: evaluate.py
+    writes one folder per model when it scores several, else the files themselves."""
+    folder = REPO / eval_folder(out, name, label)
+    return folder / model if len(MODELS[label]) > 1 else folder
+
+
+def cases_csv(out: Path, name: str, label: str, model: str = "final") -> Path:
+    """The per-scan scores of a row's model on one evaluation set."""
+    return model_folder(out, name, label, model) / "cases.csv"
+
+
 def run_row(
     name: str, out: Path, log: Path, results: dict, keep: bool, seed: str | None = None
 ) -> dict:
@@ -192,10 +215,10 @@ def run_row(
     runs = REPO / "runs" / run
     trained = (runs / "zoom_out" / "summary.json").is_file()
     seconds = 0.0
+    seeded = [f"seed={seed}"] if seed is not None else []  # train.yaml's seed otherwise
     for stage in ("zoom_in", "zoom_out") if row.reuse is None and not (keep and trained) else ():
         extra = [f"ckpt=runs/{run}/zoom_in/checkpoints/last.ckpt"] if stage == "zoom_out" else []
         cmd = [PY, "train.py", "experiment=demo", f"stage={stage}", f"name={run}"]
-        seeded = [f"seed={seed}"] if seed is not None else []  # train.yaml's seed otherwise
         seconds += sh([*cmd, "overwrite=true", *row.train, *seeded, *extra], log)
     snapshots = sorted((runs / "zoom_out" / "checkpoints").glob("snapshot_epoch*.ckpt"))
     last = f"runs/{run}/zoom_out/checkpoints/last.ckpt"
@@ -213,15 +236,12 @@ def run_row(
         ("external", EXTERNAL_DATA, "all", f"models={{final: {last}}}"),
         ("randomised", RANDOMISED_TEST_DATA, "all", f"models={{final: {last}}}"),
     ):
-        folder = f"runs/{run}/eval/{name}_{label}"
+        folder = eval_folder(out, name, label)
         sh([PY, "evaluate.py", f"data.root={data}", f"split={split}", f"output={folder}",
             "overwrite=true", model_arg, *post], log)  # fmt: skip
-        # evaluate.py writes one folder per model when it scores several, else one summary
-        evals[label] = (
-            {m: summary(REPO / folder / m / "summary.json") for m in ("final", "ensemble")}
-            if label == "test"
-            else {"final": summary(REPO / folder / "summary.json")}
-        )
+        evals[label] = {
+            m: summary(model_folder(out, name, label, m) / "summary.json") for m in MODELS[label]
+        }
     zoom_out = json.loads((runs / "zoom_out" / "summary.json").read_text())
     zoom_in = json.loads((runs / "zoom_in" / "summary.json").read_text())
     return {
@@ -265,18 +285,6 @@ def table(rows: list[dict]) -> str:
             f"| {r['train_seconds'] / 60:.1f} min |"
         )
     return head + "\n".join(lines) + "\n"
-
-
-LABELS = ("test", "external", "randomised")
-PAIRED_RESAMPLES = 5000
-
-
-def cases_csv(out: Path, name: str, label: str, model: str = "final") -> Path:
-    """The per-scan scores of a row's model ("final", or "ensemble" on the test set) on one
-    evaluation set."""
-    folder = REPO / "runs" / out.name / (ROWS[name].reuse or name) / "eval" / f"{name}_{label}"
-    # evaluate.py writes one folder per model when it scores several (the test set)
-    return folder / model / "cases.csv" if label == "test" else folder / "cases.csv"
 
 
 def read_dsc(path: Path) -> dict[str, float]:
@@ -331,8 +339,12 @@ def paired_table(diffs: dict[str, dict]) -> str:
 def report(out: Path, results: dict) -> str:
     """compare.md: the table of every row run so far, then the paired differences."""
     names = [n for n in ROWS if n in results]
+    # a compare.json from before a row was renamed or removed: say what is left out
+    gone = [n for n in results if n not in ROWS]
+    left_out = f"\nLeft out (rows no longer in ROWS): {', '.join(gone)}.\n" if gone else ""
     return (
         table([results[n] for n in names])
+        + left_out
         + f"\nDSC differences (95 % bootstrap CI, {PAIRED_RESAMPLES} resamples): each row "
         "against the row it changes one option of (final models), and each row's snapshot "
         "ensemble against its final model:\n\n" + paired_table(paired_differences(out, names))
