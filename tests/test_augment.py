@@ -31,6 +31,7 @@ NONE = {
     "lowres_zoom": [0.5, 1.0],
     "lesion_prob": 0.0,
     "lesion_scale": [0.6, 2.0],
+    "lesion_edge_sigma": 0.0,
 }
 ALWAYS = {**NONE, **{k: 1.0 for k in KEYS if k.endswith("_prob")}}
 
@@ -96,6 +97,10 @@ def test_rotation_and_zoom_move_label_and_image_together():
         ),
         ({"gamma_prob": 0.3, "gamma_range": 2}, r"data.augmentation.gamma_range=2 must be"),
         ({"mirror": 0.5}, r"data.augmentation.mirror=0.5 is not an augmentation setting"),
+        (
+            {"lesion_prob": 0.5, "lesion_edge_sigma": -1},
+            r"data.augmentation.lesion_edge_sigma=-1.0 must be >= 0 voxels",
+        ),
     ],
 )
 def test_bad_augmentation_settings_are_named(tiny_bids, change, message):

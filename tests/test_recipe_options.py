@@ -243,6 +243,27 @@ def test_lesion_intensity_scales_the_lesion_voxels_only():
     assert torch.allclose(out[label > 0], torch.full((8,), 0.5 * factor))
 
 
+def test_lesion_intensity_with_a_soft_edge_fades_in_over_the_border():
+    """lesion_edge_sigma > 0: the full factor on the lesion and its border voxels, a partial
+    one just outside, none far away; the same draw as the hard edge for the same seed."""
+    from stroke_seg.data.augment import RandLesionIntensityd
+
+    image = torch.full((1, 16, 16, 16), 0.5)
+    label = torch.zeros(1, 16, 16, 16)
+    label[0, 6:10, 6:10, 6:10] = 1
+    t = RandLesionIntensityd(1.0, (1.5, 2.0), edge_sigma=1.0)
+    t.set_random_state(0)
+    out = t({"image": image, "label": label})["image"][0]
+    hard = RandLesionIntensityd(1.0, (1.5, 2.0))
+    hard.set_random_state(0)
+    factor = float(hard({"image": image, "label": label})["image"][0, 7, 7, 7] / 0.5)
+    assert torch.allclose(out[label[0] > 0], torch.full((64,), 0.5 * factor))
+    ring = float(out[10, 8, 8] / 0.5)  # one voxel outside a face: part of the factor
+    assert 1.0 < ring < factor
+    assert float(out[13, 8, 8]) == pytest.approx(0.5, abs=1e-3)  # 4 sigma out: all but untouched
+    assert float(out[0, 0, 0]) == 0.5
+
+
 # --------------------------------------------------------------------------------------
 # stage.snapshot_epochs and the train/val-only split
 # --------------------------------------------------------------------------------------

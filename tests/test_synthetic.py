@@ -426,3 +426,42 @@ def test_dataset_json_records_the_randomisation_and_sets_are_not_mixed(tmp_path:
     syn.generate_dataset(out, 1, seed=0, spacing=3.0, progress=False)  # and back
     assert "domain_randomisation" not in json.loads((out / "dataset.json").read_text())
     assert np.array_equal(_load(syn.subject_paths(out, 0)[0])[0], plain_image)
+
+
+def test_lesion_only_randomisation_keeps_the_tissue_and_changes_the_lesion() -> None:
+    """randomise=lesion: outside the lesion and its partial-volume ring the scan is the
+    default subject's to the bit (same tissue contrast, bias and noise); inside, the core
+    is the default core times the recorded lesion factor (times the smooth modulation in
+    half the subjects); the mask is the default one."""
+    factors = []
+    for index in range(4):
+        plain, mask, _, _ = syn.generate_subject(index, 1, spacing=3.0)
+        img, mask_l, _, info = syn.generate_subject(index, 1, spacing=3.0, randomise="lesion")
+        record = info["domain_randomisation"]
+        assert record["mode"] == "lesion"
+        assert np.array_equal(mask_l, mask)
+        away = ndimage.binary_dilation(mask > 0, iterations=4) == 0
+        assert np.array_equal(img[away], plain[away])
+        if record["partial_lesion_amplitude"] == 0:
+            ratio = np.median(img[mask > 0] / np.maximum(plain[mask > 0], 1e-3))
+            factors.append((ratio, record["lesion_factor"]))
+        assert not np.array_equal(img[mask > 0], plain[mask > 0])
+    assert factors, "subjects 0-3 of seed 1 include a uniform (unmodulated) lesion"
+    for ratio, factor in factors:  # noise and the partial-volume ramp blur it a little
+        assert ratio == pytest.approx(factor, rel=0.25)
+
+
+def test_randomise_modes_and_a_wrong_value(tmp_path: Path) -> None:
+    assert [syn.randomise_mode(v) for v in (False, True, "false", "true", "lesion")] == [
+        "off", "all", "off", "all", "lesion",
+    ]  # fmt: skip
+    with pytest.raises(StrokeSegError, match=r"randomise='tissue' is not known; use false"):
+        syn.generate_dataset(tmp_path / "x", 1, seed=0, spacing=3.0, randomise="tissue")
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+    out = tmp_path / "set"
+    syn.generate_dataset(out, 1, seed=0, spacing=3.0, progress=False, randomise="lesion")
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert manifest["domain_randomisation"] == {
+        "version": syn.RANDOMISATION_VERSION,
+        "mode": "lesion",
+    }

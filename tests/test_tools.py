@@ -87,8 +87,11 @@ def test_compare_recipes_table_prints_each_figure_of_a_row():
         "test": {"final": scores(0.7371, 0.616, 0.837, 2.8, 0.84), "ensemble": scores(0.736, 0, 1)},
         "external": {"final": scores(0.7132, 0.595, 0.818)},
         "randomised": {"final": scores(0.133, 0.05, 0.23)},
+        "lesions": {"final": scores(0.4512, 0.31, 0.58)},
     }
-    head, rule, line = cr.table([row]).splitlines()
+    # a row scored before the lesion-randomised set existed: its cell is a dash
+    older = {k: v for k, v in row.items() if k != "lesions"}
+    head, rule, line, old_line = cr.table([row, older]).splitlines()
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert len(cells) == len(head.strip("|").split("|")) == rule.count("---")
     assert cells == [
@@ -98,11 +101,13 @@ def test_compare_recipes_table_prints_each_figure_of_a_row():
         "0.736",
         "0.713 [0.595, 0.818] (n=30)",
         "0.133 (n=30)",
+        "0.451 [0.310, 0.580] (n=30)",
         "2.8",
         "0.840",
         "101",
         "12.1 min",
     ]
+    assert [c.strip() for c in old_line.strip("|").split("|")][6] == "—"
 
 
 def test_compare_recipes_pairs_each_row_with_the_row_it_changes(tmp_path, monkeypatch):
@@ -119,7 +124,8 @@ def test_compare_recipes_pairs_each_row_with_the_row_it_changes(tmp_path, monkey
 
     for label in cr.LABELS:
         write("paper", label, [0.5, 0.6, 0.7, 0.2])
-        write("demo", label, [0.7, 0.7, 0.7])  # s3 not scored: left out of the pairing
+        if label != "lesions":  # demo not scored there (an older run): no difference
+            write("demo", label, [0.7, 0.7, 0.7])  # s3 not scored: left out of the pairing
     write("paper", "test", [0.5, 0.6, 0.7, 0.2], "ensemble")
     write("demo", "test", [0.7, 0.8, 0.6], "ensemble")
     diffs = cr.paired_differences(tmp_path / "cmp", ["paper", "demo"])
@@ -127,7 +133,8 @@ def test_compare_recipes_pairs_each_row_with_the_row_it_changes(tmp_path, monkey
     d = diffs["demo − paper"]["external"]
     assert d["n"] == 3 and d["mean"] == pytest.approx(0.1)
     assert d["ci95"][0] == pytest.approx(0.0) and d["ci95"][1] == pytest.approx(0.2)
+    assert "lesions" not in diffs["demo − paper"]
     e = diffs["demo: ensemble − final"]
     assert set(e) == {"test"} and e["test"]["mean"] == pytest.approx(0.0, abs=1e-12)
     line = cr.paired_table(diffs).splitlines()[3]  # after the head, the rule and demo − paper
-    assert line == "| paper: ensemble − final | +0.000 [+0.000, +0.000] (n=4) | — | — |"
+    assert line == "| paper: ensemble − final | +0.000 [+0.000, +0.000] (n=4) | — | — | — |"

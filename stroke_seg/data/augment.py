@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from monai.transforms import (
     EnsureTyped,
+    GaussianSmooth,
     MapTransform,
     RandAdjustContrastd,
     RandAffined,
@@ -53,19 +54,26 @@ PARAMETER = "augmentation"
 
 # Appearance (augmentation=appearance); every preset sets them (0 = off).
 KEYS += ("bias_prob", "bias_coeff", "blur_prob", "blur_sigma", "lowres_prob", "lowres_zoom")
-KEYS += ("lesion_prob", "lesion_scale")
+KEYS += ("lesion_prob", "lesion_scale", "lesion_edge_sigma")
 
 
 class RandLesionIntensityd(RandomizableTransform, MapTransform):
     """With probability ``prob``, multiply the image inside the lesion mask by one factor
     drawn uniformly from ``scale``: a lesion darker or brighter than the training lesions,
     with its mask unchanged. Written by hand because MONAI's intensity transforms act on
-    the whole image, not on the voxels of a label."""
+    the whole image, not on the voxels of a label.
 
-    def __init__(self, prob: float, scale: tuple[float, float]) -> None:
+    ``edge_sigma`` = 0 scales the mask's voxels alone, which leaves a step at the mask's
+    border that no scan has. With ``edge_sigma`` > 0 (voxels) the factor fades in over the
+    border instead: the weight is 1 on the mask and ``min(1, 2 * G(mask))`` outside it, for a
+    Gaussian ``G`` of that sigma (MONAI's `GaussianSmooth`), falling to 0 a few sigma out, as
+    a lesion of another contrast would blend into its partial-volume ring."""
+
+    def __init__(self, prob: float, scale: tuple[float, float], edge_sigma: float = 0.0) -> None:
         MapTransform.__init__(self, ["image"])
         RandomizableTransform.__init__(self, prob)
         self.scale = (float(scale[0]), float(scale[1]))
+        self.edge_sigma = float(edge_sigma)
         self.factor = 1.0
 
     def randomize(self, data: Any = None) -> None:
@@ -78,7 +86,16 @@ class RandLesionIntensityd(RandomizableTransform, MapTransform):
         if not self._do_transform:
             return out
         image, label = out["image"], out["label"]
-        if isinstance(image, torch.Tensor):
+        if self.edge_sigma > 0:
+            lesion = torch.as_tensor(np.asarray(label) > 0, dtype=torch.float32)
+            blur = torch.clamp(2 * torch.as_tensor(GaussianSmooth(self.edge_sigma)(lesion)), max=1)
+            weight = torch.maximum(lesion, blur)
+            if isinstance(image, torch.Tensor):
+                weight = torch.as_tensor(weight, device=image.device, dtype=image.dtype)
+                out["image"] = image * (1 + (self.factor - 1) * weight)
+            else:
+                out["image"] = image * (1 + (self.factor - 1) * np.asarray(weight))
+        elif isinstance(image, torch.Tensor):
             lesion = torch.as_tensor(label, device=image.device) > 0
             out["image"] = torch.where(lesion, image * self.factor, image)
         else:
@@ -182,7 +199,12 @@ def augmentation_transforms(settings: Mapping[str, Any] | None) -> list[MapTrans
         appearance.append(RandSimulateLowResolutiond("image", prob=lowres, zoom_range=(low, high)))
     lesion = _prob(settings, "lesion_prob")
     if lesion:
-        appearance.append(RandLesionIntensityd(lesion, _range(settings, "lesion_scale")))
+        sigma = float(settings["lesion_edge_sigma"])
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise option_error(
+                f"{PARAMETER}.lesion_edge_sigma", sigma, "must be >= 0 voxels (0 = a hard edge)."
+            )
+        appearance.append(RandLesionIntensityd(lesion, _range(settings, "lesion_scale"), sigma))
     if appearance:
         # Plain tensors first: MONAI 1.6.1's EnsureChannelFirstd("no_channel") records 2
         # spatial dimensions for our 3-D arrays (MetaTensor.spatial_ndim), and the blur and

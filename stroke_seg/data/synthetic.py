@@ -53,6 +53,10 @@ stream, ``default_rng([seed, index, 0xD0])``, after the default steps have drawn
 lesion, anatomy and masks of subject ``(seed, index)`` are the same with and without it; the
 images differ. Its version (`RANDOMISATION_VERSION`) and the drawn values are recorded in
 ``dataset.json``; without it the output is byte-identical to the generator before the option.
+``randomise=lesion`` applies only the lesion part of those draws (the core factor and the
+within-lesion modulation) on the default tissue contrast and scanner: lesions unlike the
+training ones on otherwise familiar scans, the question a new lesion simulator on the same
+template asks (``dataset.json`` records ``"mode": "lesion"``).
 
 The output is the ATLAS v2.0 BIDS layout (``Training/R001/sub-r001s001/ses-1/anat/...``;
 subject index ``i`` is subject ``i % 50 + 1`` of site ``R{i // 50 + 1:03d}``), plus
@@ -64,7 +68,8 @@ CLI::
     python -m stroke_seg.data.synthetic out=data/dr_2mm n=30 seed=2 spacing=2 randomise=true
 
 (a Hydra command, conf/synthetic.yaml; ``overwrite=true`` writes into a foreign folder,
-``quiet=true`` hides the progress bar, ``randomise=true`` the domain randomisation).
+``quiet=true`` hides the progress bar, ``randomise=true`` the domain randomisation,
+``randomise=lesion`` its lesion part only).
 """
 
 from __future__ import annotations
@@ -92,6 +97,8 @@ GENERATOR = "stroke_seg.data.synthetic"
 GENERATOR_VERSION = "1.0.0"
 # Version of the optional domain randomisation (recorded in dataset.json when it is on).
 RANDOMISATION_VERSION = "1.0.0"
+# ``randomise=``: off, everything (true), or the lesion's contrast only.
+RANDOMISE_MODES = ("off", "all", "lesion")
 
 MIN_LESION_MM3 = 10.0
 MAX_LESION_MM3 = 2.8e5
@@ -576,15 +583,31 @@ def _contrast_map(spacing: float, factors: np.ndarray) -> tuple[np.ndarray, np.n
     return x, np.clip(y, 0.0, 255.0)
 
 
+def randomise_mode(value: bool | str) -> str:
+    """``randomise=`` as one of RANDOMISE_MODES: false/"off", true/"all", or "lesion"."""
+    if isinstance(value, bool):
+        return "all" if value else "off"
+    text = str(value).strip().lower()
+    mode = {"false": "off", "true": "all"}.get(text, text)
+    if mode not in RANDOMISE_MODES:
+        raise StrokeSegError(
+            f"randomise={value!r} is not known; use false, true (everything) or lesion "
+            "(the lesion's contrast only)."
+        )
+    return mode
+
+
 def generate_subject(
-    index: int, seed: int, spacing: float = 1.0, randomise: bool = False
+    index: int, seed: int, spacing: float = 1.0, randomise: bool | str = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Make subject ``index`` of the set with ``seed``: (T1 float32 0-255, mask uint8 0/1,
     4x4 affine, info dict). Depends only on (seed, index, spacing, randomise); ``randomise``
-    adds the domain randomisation of the module docstring (same lesion and mask)."""
+    adds the domain randomisation of the module docstring (same lesion and mask), "lesion"
+    only its lesion part."""
     if int(index) < 0:
         raise StrokeSegError(f"subject index {index} is negative; use 0 or more.")
     spacing = _check_spacing(spacing)
+    mode = randomise_mode(randomise)
     tpl = _template(spacing)
     rng = np.random.default_rng([int(seed), int(index)])
 
@@ -594,13 +617,14 @@ def generate_subject(
     core_factor, rim_strength = plan.core_factor, plan.rim_strength
     scales, angles = plan.scales, plan.angles
     deform_amp, bias_amp, noise_sigma = plan.deform_amp, plan.bias_amp, plan.noise_sigma
-    dr_rng = np.random.default_rng([int(seed), int(index), 0xD0]) if randomise else None
+    dr_rng = np.random.default_rng([int(seed), int(index), 0xD0]) if mode != "off" else None
     dr = _plan_randomisation(dr_rng) if dr_rng is not None else None
+    everything = mode == "all"  # tissue contrast and scanner too, not the lesion alone
 
     # ---- template-space image with lesions ----------------------------------------------
     base = tpl.t1
     base_csf = tpl.csf_value
-    if dr is not None:  # random tissue contrast, before the subject's gamma and gain
+    if dr is not None and everything:  # random tissue contrast, before gamma and gain
         knots = _contrast_map(spacing, dr.tissue_factors)
         base = np.interp(tpl.t1, *knots).astype(np.float32)
         base_csf = float(np.interp(tpl.csf_value, *knots))
@@ -659,7 +683,7 @@ def generate_subject(
     n1 = rng.standard_normal(signal.shape, dtype=np.float32) * noise_sigma
     n2 = rng.standard_normal(signal.shape, dtype=np.float32) * noise_sigma
     noisy = np.sqrt((signal + n1) ** 2 + n2**2)
-    if dr is not None:
+    if dr is not None and everything:
         noisy = _randomise_scanner(dr_rng, dr, noisy, inside, coords, fov_lo, fov_hi, spacing)
     out_crop = np.where(inside, np.clip(noisy, 0.0, 255.0), 0.0).astype(np.float32)
     image = np.zeros(shape, np.float32)
@@ -705,7 +729,7 @@ def generate_subject(
         },
     }
     if dr is not None:
-        info["domain_randomisation"] = dr.record()
+        info["domain_randomisation"] = dr.record() | ({} if everything else {"mode": mode})
     return image, mask, tpl.affine.copy(), info
 
 
@@ -801,10 +825,11 @@ def _read_manifest(out_dir: Path) -> dict | None:
 
 
 def _manifest(
-    seed: int, spacing: float, n: int, subjects: list[dict], complete: bool, randomise: bool = False
+    seed: int, spacing: float, n: int, subjects: list[dict], complete: bool, randomise: str = "off"
 ) -> dict:
     tpl = _template(spacing)
-    extra = {"domain_randomisation": _manifest_randomisation(True)} if randomise else {}
+    record = _manifest_randomisation(randomise)
+    extra = {"domain_randomisation": record} if record is not None else {}
     return {
         "generator": GENERATOR,
         "version": GENERATOR_VERSION,
@@ -823,9 +848,13 @@ def _manifest(
     }
 
 
-def _manifest_randomisation(randomise: bool) -> dict | None:
-    """What dataset.json records under ``domain_randomisation`` (absent = None when off)."""
-    return {"version": RANDOMISATION_VERSION} if randomise else None
+def _manifest_randomisation(randomise: bool | str) -> dict | None:
+    """What dataset.json records under ``domain_randomisation`` (absent = None when off;
+    a "lesion"-only set says so, a full one records the version alone, as before)."""
+    mode = randomise_mode(randomise)
+    if mode == "off":
+        return None
+    return {"version": RANDOMISATION_VERSION} | ({"mode": mode} if mode != "all" else {})
 
 
 def _remove_subject(out_dir: Path, index: int) -> None:
@@ -845,7 +874,7 @@ def generate_dataset(
     spacing: float = 1.0,
     overwrite: bool = False,
     progress: bool = True,
-    randomise: bool = False,
+    randomise: bool | str = False,
 ) -> Path:
     """Write ``n_subjects`` synthetic subjects in the ATLAS v2.0 BIDS layout plus dataset.json.
 
@@ -861,9 +890,10 @@ def generate_dataset(
       nothing else there is deleted.
 
     Files are written under a temporary name and renamed, so a killed run leaves no half file.
-    ``randomise`` turns on the domain randomisation (module docstring); a set made with it
-    is never reused for one without it, or the other way round.
+    ``randomise`` turns on the domain randomisation (module docstring; "lesion": its lesion
+    part only); a set made in one mode is never reused for another.
     """
+    randomise = randomise_mode(randomise)
     out = Path(out_dir).expanduser()
     if int(n_subjects) < 1:
         raise StrokeSegError(f"n_subjects={n_subjects}; ask for at least 1 subject.")
@@ -965,7 +995,7 @@ def run(cfg: DictConfig) -> Path:
         spacing=spacing,
         overwrite=bool(cfg.overwrite),
         progress=not cfg.quiet,
-        randomise=bool(cfg.randomise),
+        randomise=cfg.randomise,
     )
     elapsed = time.perf_counter() - start
     manifest = _read_manifest(out) or {}
