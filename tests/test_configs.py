@@ -298,9 +298,13 @@ def test_recipe_is_the_paper_plus_exactly_its_listed_options(stage):
         "data.sampling": ("uniform", "foreground"),
         "data.foreground_prob": (0.5, 0.67),
         "trainer.precision": ("32-true", "auto"),
+        "loss.batch_dice": (True, False),
+        "model.deep_supervision": (False, True),
     }
     assert set(recipe) == set(paper)
-    for key in ("data.sampling", "data.foreground_prob", "loss.smooth", "trainer.precision"):
+    keys = ("data.sampling", "data.foreground_prob", "loss.smooth", "loss.batch_dice")
+    keys += ("model.deep_supervision",)
+    for key in (*keys, "trainer.precision"):
         assert demo[key] == recipe[key]
 
 
