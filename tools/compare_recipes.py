@@ -10,7 +10,8 @@ budget (600 s, ``stage.time_budget_s``), so every row that keeps it runs at equa
 wall-clock on any machine, and a row that costs more per step (deep supervision, the
 augmentations) trains fewer epochs; the rows built with `zoom_in_epochs` fix the epochs
 instead, so that they are the same on every machine. The first row is the paper's recipe at
-the demo's scale (uniform crops, Dice with machine epsilon, no augmentation), so that every
+the demo's scale (uniform crops, batch Dice with machine epsilon, no deep supervision, no
+augmentation), so that every
 other row reads as "this option against the paper at this budget".
 
 Rows run one after the other in fresh processes (``train.py`` / ``evaluate.py``, exactly the
@@ -105,7 +106,7 @@ ROWS: dict[str, Row] = {
     # One Dice per crop joined the demo on 2026-12-03 (+0.051 test over two seeds).
     "batch_dice": Row(
         "demo + Dice over the batch (the demo until 2026-12-03)", ["loss.batch_dice=true"]
-    ),  # fmt: skip
+    ),
     "appearance": Row("demo + augmentation=appearance", ["augmentation=appearance"]),
     # Dice eps = 1 was in the recipe until it lost to eps = 2.2e-16 in two seeds (2026-12-03).
     "smooth1": Row("demo + Dice eps = 1", ["loss.smooth=1.0"]),
@@ -207,7 +208,14 @@ def summary(path: Path) -> dict:
     }
 
 
-# The models each evaluation set scores: the snapshot ensemble on the test set only.
+# The scans of each evaluation set, and the models it scores (the snapshot ensemble on the
+# test set only).
+EVAL_DATA = {
+    "test": TEST_DATA,
+    "external": EXTERNAL_DATA,
+    "randomised": RANDOMISED_TEST_DATA,
+    "lesions": LESION_TEST_DATA,
+}
 MODELS = {
     "test": ("final", "ensemble"),
     "external": ("final",),
@@ -251,7 +259,10 @@ def run_row(
     snapshots = sorted((runs / "zoom_out" / "checkpoints").glob("snapshot_epoch*.ckpt"))
     last = f"runs/{run}/zoom_out/checkpoints/last.ckpt"
     ensemble = ",".join(str(p.relative_to(REPO)) for p in snapshots)
-    models = f"models={{final: {last}, ensemble: [{ensemble}]}}"
+    model_args = {
+        ("final",): f"models={{final: {last}}}",
+        ("final", "ensemble"): f"models={{final: {last}, ensemble: [{ensemble}]}}",
+    }
     evals = {}
     post = []
     if row.evaluate:  # post-processing: chosen on the training run's validation scans
@@ -259,15 +270,10 @@ def run_row(
         sh([PY, "evaluate.py", f"data.root={TRAIN_DATA}", "split=val", f"output={val}",
             "overwrite=true", f"ckpt={last}", *row.evaluate], log)  # fmt: skip
         post = [f"min_lesion_mm3={val}/postprocessing.json"]
-    for label, data, split, model_arg in (
-        ("test", TEST_DATA, "all", models),
-        ("external", EXTERNAL_DATA, "all", f"models={{final: {last}}}"),
-        ("randomised", RANDOMISED_TEST_DATA, "all", f"models={{final: {last}}}"),
-        ("lesions", LESION_TEST_DATA, "all", f"models={{final: {last}}}"),
-    ):
+    for label, data in EVAL_DATA.items():
         folder = eval_folder(out, name, label)
-        sh([PY, "evaluate.py", f"data.root={data}", f"split={split}", f"output={folder}",
-            "overwrite=true", model_arg, *post], log)  # fmt: skip
+        sh([PY, "evaluate.py", f"data.root={data}", "split=all", f"output={folder}",
+            "overwrite=true", model_args[MODELS[label]], *post], log)  # fmt: skip
         evals[label] = {
             m: summary(model_folder(out, name, label, m) / "summary.json") for m in MODELS[label]
         }

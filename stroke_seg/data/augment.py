@@ -91,10 +91,10 @@ class RandLesionIntensityd(RandomizableTransform, MapTransform):
             blur = torch.clamp(2 * torch.as_tensor(GaussianSmooth(self.edge_sigma)(lesion)), max=1)
             weight = torch.maximum(lesion, blur)
             if isinstance(image, torch.Tensor):
-                weight = torch.as_tensor(weight, device=image.device, dtype=image.dtype)
-                out["image"] = image * (1 + (self.factor - 1) * weight)
+                weight = weight.to(device=image.device, dtype=image.dtype)
             else:
-                out["image"] = image * (1 + (self.factor - 1) * np.asarray(weight))
+                weight = weight.numpy()
+            out["image"] = image * (1 + (self.factor - 1) * weight)
         elif isinstance(image, torch.Tensor):
             lesion = torch.as_tensor(label, device=image.device) > 0
             out["image"] = torch.where(lesion, image * self.factor, image)
