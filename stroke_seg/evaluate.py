@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,13 @@ from stroke_seg.data.io import Case, load_case, read_nifti, spacing_of
 from stroke_seg.data.splits import GROUPING, SPLIT_NAMES, resolve_split
 from stroke_seg.errors import StrokeSegError, check_choice, config_section
 from stroke_seg.inference import MODES, Predictor
+from stroke_seg.intensity import IntensityReference
 from stroke_seg.metrics import DEFAULT_CONNECTIVITY, LESION_CONNECTIVITIES, EmptyPolicy
 from stroke_seg.outputs import check_output_dir
 from stroke_seg.plotting import plot_projections
 from stroke_seg.postprocess import choose_min_lesion_mm3, chosen_value, component_stats
+from stroke_seg.quality import check_training_range
+from stroke_seg.registration import DEFAULT_TEMPLATE, load_template
 from stroke_seg.scoring import Scored, empty_policy, score_row, write_results
 
 log = logging.getLogger(__name__)
@@ -226,6 +229,47 @@ def _figure(
     return loaded["subject"], rel
 
 
+class IntensityCheck:
+    """`stroke_seg.quality.check_training_range` for each evaluated scan, against the
+    training scans' intensity reference in a predictor's checkpoint.
+
+    Evaluation feeds every scan to the model as it is (the paper's /255, no standardisation),
+    so that its numbers are the paper's; a scan in other units (0-1, raw scanner values) or
+    of another contrast would then be scored near 0 without a word. This names it instead:
+    its ``intensity_z`` and ``warning`` in cases.csv, a log line, and a count in report.md."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        pre, source = predictor.preprocessing, predictor.models[0].source
+        self.reference = IntensityReference.from_dict(pre.intensity_reference, source)
+        self.brain: np.ndarray | None = None
+        if self.reference.brain == "template":  # measured inside the template's brain mask
+            path = None if pre.template in (None, DEFAULT_TEMPLATE) else pre.template
+            try:
+                self.brain = load_template(pre.spacing[0], path).brain_mask
+            except StrokeSegError:  # its template file is not on this machine
+                self.brain = None
+
+    @classmethod
+    def of(cls, predictor: Predictor) -> IntensityCheck | None:
+        """The check, or None for a checkpoint that records no intensity reference."""
+        has = predictor.preprocessing.intensity_reference is not None
+        return cls(predictor) if has else None
+
+    def figures(self, loaded: Mapping[str, Any]) -> dict[str, Any]:
+        """The scan's ``intensity_z`` and its warning (empty when it looks like training)."""
+        image = loaded["image"]
+        reference, brain = self.reference, self.brain
+        if brain is None or brain.shape != image.shape:
+            # Off the template grid (another spacing): inside the scan's own nonzero voxels.
+            reference, brain = replace(reference, brain="nonzero"), None
+        name = str(loaded["subject"])
+        report = check_training_range(image, loaded["spacing"], reference, name, brain)
+        return {
+            "intensity_z": round(report.values["intensity_z"], 2),
+            "warning": report.warning_text(),
+        }
+
+
 def score_models(
     cases: Sequence[Case],
     predictors: Mapping[str, Predictor],
@@ -236,12 +280,18 @@ def score_models(
     mask_threshold: float | None = None,
     connectivity: int = DEFAULT_CONNECTIVITY,
 ) -> list[Scored]:
-    """Predict every case with every model (each scan is loaded once) and score it."""
+    """Predict every case with every model (each scan is loaded once) and score it; each
+    row carries the scan's intensity figures against the first model's training scans
+    (`IntensityCheck`; none for a checkpoint without an intensity reference)."""
     scored = {
         name: Scored(name, definitions={"inference_mode": p.mode}) for name, p in predictors.items()
     }
+    check = IntensityCheck.of(next(iter(predictors.values())))
     for case in tqdm(cases, desc="evaluate", unit="scan"):
         loaded = load_case(case, mask_threshold)
+        intensity = check.figures(loaded) if check is not None else {}
+        if intensity.get("warning"):
+            log.warning("%s: %s", case.subject, intensity["warning"])
         for name, predictor in predictors.items():
             result = predictor.predict(loaded["image"], loaded["affine"])
             ref, spacing = loaded["label"], loaded["spacing"]
@@ -255,6 +305,7 @@ def score_models(
                 result.mode,
                 connectivity,
             )
+            row.update(intensity)
             scored[name].rows.append(row)
             if figures:
                 rel = f"{prefix[name]}figures/{case.subject}.png"
@@ -678,6 +729,14 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         )
         used = sorted({r["mode"] for res in results for r in res.rows})
         facts.append(("spatial strategy used", ", ".join(used)))
+        flagged = [r["subject"] for r in results[0].rows if r.get("warning")]
+        facts.append(
+            (
+                "intensity checks",
+                f"{len(flagged)} of {len(cases)} scans unlike the training scans "
+                f"(cases.csv `warning`){': ' + _show(flagged) if flagged else ''}",
+            )
+        )
         definitions = {"precision": _precision(first), "split_grouping": GROUPING}
     facts.append(("empty-mask policy", policy.name))
     facts.append(("lesion connectivity", f"{connectivity} (lesion F1, lesion-count difference)"))

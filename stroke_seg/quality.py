@@ -44,6 +44,7 @@ to ``lesions.csv``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -299,4 +300,41 @@ def check_registered(
             "has brain intensities {value:.0%} away from the training scans' and was not "
             "standardised; let prediction standardise it (intensity standardisation on)",
         )
+    return report
+
+
+# Beyond this many training standard deviations a landmark is outside anything the model saw
+# (evaluate.py): the training scans' own gamma and gain spread them over about +-2 SD, a
+# scan in other units (0-1, raw scanner values) lies tens of SD away.
+TRAINING_RANGE_SD = 4.0
+
+
+def check_training_range(
+    volume: np.ndarray,
+    spacing: float | tuple[float, float, float],
+    reference: IntensityReference,
+    source: str,
+    brain: np.ndarray | None = None,
+    limit_sd: float = TRAINING_RANGE_SD,
+) -> QualityReport:
+    """Does a scan fed to the model as it is (evaluate.py: the paper's /255, no
+    standardisation) lie inside the training scans' intensity range? ``intensity_z``: the
+    largest distance of its brain-tissue landmarks from the training mean, in training
+    standard deviations (`IntensityReference.landmarks_sd`). A warning, never a refusal:
+    evaluation scores what it is given, and says when that is unlike the training scans.
+    `brain`: the template's brain mask on this grid, for a reference measured inside it."""
+    report = QualityReport(source)
+    own = reference.landmarks_of(volume, spacing, brain)
+    sd = np.maximum(np.asarray(reference.landmarks_sd), 1e-6 * np.abs(reference.landmarks[-1]))
+    z = float(np.max(np.abs(own - np.asarray(reference.landmarks)) / sd))
+    _add(
+        report,
+        "intensity_z",
+        z,
+        None,
+        (limit_sd, math.inf),
+        f"(training SDs between its brain intensities and the training scans'; > {limit_sd:g}): "
+        "other units or another contrast than the model was trained on",
+        "",
+    )
     return report

@@ -35,6 +35,9 @@ CASE_COLUMNS = (
     "empty_case",
     "mode",
     "lesion_connectivity",
+    # evaluate.py's intensity check (`stroke_seg.evaluate.IntensityCheck`); empty without one
+    "intensity_z",
+    "warning",
 )
 EMPTY_POLICIES = ("worst_case", "nan")
 

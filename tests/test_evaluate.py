@@ -81,6 +81,28 @@ def test_checkpoint_on_the_test_split_end_to_end(trained, tiny_bids, tmp_path):
     assert (out / "config.yaml").exists() and _no_temporaries(out)
 
 
+def test_a_scan_in_other_units_is_scored_and_flagged(trained, tiny_bids, tmp_path):
+    """Evaluation feeds scans as they are (the paper's /255): a scan stored in 0-1 units is
+    scored (near 0, as the paper would score it) but named in cases.csv, the log and
+    report.md instead of passing silently; the scans like the training ones are not."""
+    root = tmp_path / "bids"
+    shutil.copytree(tiny_bids, root)
+    test = json.loads((trained / "split.json").read_text())["test"]
+    odd = {c.subject: c for c in discover(root, "synthetic")}[test[0]].image
+    img = nib.load(str(odd))
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj) / 255.0, img.affine), str(odd))
+    out = tmp_path / "eval"
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    run(compose_eval([f"ckpt={ckpt}", f"data.root={root}", f"output={out}", *EVAL_FAST]))
+    rows = {r["subject"]: r for r in read_rows(out / "cases.csv")}
+    assert float(rows[test[0]]["intensity_z"]) > 4.0
+    assert rows[test[0]]["warning"].startswith("intensity_z=")
+    for subject in test[1:]:
+        assert float(rows[subject]["intensity_z"]) < 4.0 and rows[subject]["warning"] == ""
+    report = (out / "report.md").read_text()
+    assert f"1 of {len(test)} scans unlike the training scans" in report and test[0] in report
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return run_entry_point("evaluate.py", *args)
 

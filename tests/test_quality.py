@@ -4,6 +4,8 @@ header 10x too small and another contrast are each refused in one sentence namin
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from stroke_seg.data.native import bad_scans, native_subject
 from stroke_seg.data.synthetic import generate_subject
 from stroke_seg.errors import StrokeSegError
 from stroke_seg.intensity import compute_reference
-from stroke_seg.quality import QualityReport, check_header
+from stroke_seg.quality import QualityReport, check_header, check_training_range
 from stroke_seg.registration import RegistrationOptions, load_template
 from stroke_seg.template_space import prepare_scan
 
@@ -128,3 +130,22 @@ def test_report_merge_and_text() -> None:
     }
     assert merged.warning_text() == "coverage=0.5 low; correlation=0.2 low"
     assert QualityReport("y").warning_text() == "" and not QualityReport("y").refuse
+
+
+def test_training_range_flags_other_units_and_passes_training_like_scans(template, reference):
+    """evaluate.py's check: a scan of the training generator (another seed) lies within a
+    few training SDs; the same scan in 0-1 units or with its contrast inverted lies far
+    outside and gets a warning naming the figure, never a refusal."""
+    image = generate_subject(7, 3, 2.0)[0]
+    brain = template.brain_mask
+    normal = check_training_range(image, 2.0, reference, "new.nii.gz", brain)
+    assert normal.values["intensity_z"] < 4.0 and normal.warnings == []
+    unit = check_training_range(image / 255.0, 2.0, reference, "unit.nii.gz", brain)
+    assert unit.values["intensity_z"] > 8.0 and not unit.refuse
+    assert unit.warnings and unit.warnings[0].startswith("intensity_z=")
+    inverted = np.where(image > 0, 255.0 - image, 0.0).astype(np.float32)
+    flipped = check_training_range(inverted, 2.0, reference, "inv.nii.gz", brain)
+    assert flipped.values["intensity_z"] > 4.0 and flipped.warnings
+    # Without the template mask (a scan off the training grid): its own nonzero voxels.
+    own = check_training_range(image, 2.0, replace(reference, brain="nonzero"), "x", None)
+    assert own.values["intensity_z"] < 4.0

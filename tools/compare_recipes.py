@@ -131,6 +131,16 @@ ROWS: dict[str, Row] = {
             "data.augmentation.lesion_edge_sigma=1.0",
         ],
     ),
+    # The same over the whole range of the randomise=lesion set's core factors (0.7-2.2 x the
+    # training lesions' 0.95-1.25 x CSF): darker lesions and lesions up to grey-matter bright.
+    "lesion_wide": Row(
+        "demo + lesion intensity x 0.7-2.5 in half the crops (soft edge, sigma 1 voxel)",
+        [
+            "data.augmentation.lesion_prob=0.5",
+            "data.augmentation.lesion_scale=[0.7,2.5]",
+            "data.augmentation.lesion_edge_sigma=1.0",
+        ],
+    ),
     "fp32": Row("demo in fp32 (where auto picks bf16)", ["trainer.precision=32-true"]),
     "randomised": Row(
         "demo on domain-randomised training scans", [f"data.root={RANDOMISED_TRAIN_DATA}"]
