@@ -53,7 +53,7 @@ demo: $(STAMP) ## synthetic data at 2 mm, zoom-in, zoom-out, evaluation on four 
 	$(BIN)/python evaluate.py data.root=$(DEMO_EXTERNAL) split=all output=runs/demo/eval/external overwrite=true "models={final: $(DEMO_FINAL)}"
 	$(BIN)/python evaluate.py data.root=$(DEMO_RANDOMISED) split=all output=runs/demo/eval/randomised overwrite=true "models={final: $(DEMO_FINAL)}"
 	$(BIN)/python evaluate.py data.root=$(DEMO_LESIONS) split=all output=runs/demo/eval/other_lesions overwrite=true "models={final: $(DEMO_FINAL)}"
-	@for s in test external randomised other_lesions; do echo "== runs/demo/eval/$$s ($$(grep -m1 -o '[0-9]* scans' runs/demo/eval/$$s/report.md))"; awk '/^## Table 2/{p=1; next} /^## /{p=0} p' runs/demo/eval/$$s/report.md; done
+	@for s in test external randomised other_lesions; do echo "== runs/demo/eval/$$s ($$(grep -m1 -o '[0-9]* scans' runs/demo/eval/$$s/report.md))"; sed -n 's/^- \*\*intensity checks\*\*: /intensity checks: /p' runs/demo/eval/$$s/report.md; awk '/^## Table 2/{p=1; next} /^## /{p=0} p' runs/demo/eval/$$s/report.md; done
 
 test: $(STAMP) ## run every test, the slow ones too (what CI runs)
 	$(BIN)/python -m pytest
