@@ -730,11 +730,14 @@ def run(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         used = sorted({r["mode"] for res in results for r in res.rows})
         facts.append(("spatial strategy used", ", ".join(used)))
         flagged = [r["subject"] for r in results[0].rows if r.get("warning")]
+        checked = any("intensity_z" in r for r in results[0].rows)
         facts.append(
             (
                 "intensity checks",
                 f"{len(flagged)} of {len(cases)} scans unlike the training scans "
-                f"(cases.csv `warning`){': ' + _show(flagged) if flagged else ''}",
+                f"(cases.csv `warning`){': ' + _show(flagged) if flagged else ''}"
+                if checked
+                else "none (the checkpoint records no training intensity reference)",
             )
         )
         definitions = {"precision": _precision(first), "split_grouping": GROUPING}

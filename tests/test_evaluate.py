@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from stroke_seg.data.discovery import discover
 from stroke_seg.errors import StrokeSegError
@@ -101,6 +102,19 @@ def test_a_scan_in_other_units_is_scored_and_flagged(trained, tiny_bids, tmp_pat
         assert float(rows[subject]["intensity_z"]) < 4.0 and rows[subject]["warning"] == ""
     report = (out / "report.md").read_text()
     assert f"1 of {len(test)} scans unlike the training scans" in report and test[0] in report
+
+    # A checkpoint without an intensity reference (older ones): not checked, and it says so.
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state["hyper_parameters"]["preprocessing"]["intensity_reference"] = None
+    bare = tmp_path / "bare.ckpt"
+    torch.save(state, bare)
+    out2 = tmp_path / "eval_bare"
+    run(compose_eval([f"ckpt={bare}", f"data.root={root}", f"output={out2}", *EVAL_FAST]))
+    assert {r["intensity_z"] for r in read_rows(out2 / "cases.csv")} == {""}
+    assert (
+        "none (the checkpoint records no training intensity reference)"
+        in (out2 / "report.md").read_text()
+    )
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
