@@ -88,9 +88,10 @@ def test_compare_recipes_table_prints_each_figure_of_a_row():
         "external": {"final": scores(0.7132, 0.595, 0.818)},
         "randomised": {"final": scores(0.133, 0.05, 0.23)},
         "lesions": {"final": scores(0.4512, 0.31, 0.58)},
+        "simulator": {"final": scores(0.6021, 0.52, 0.68)},
     }
-    # a row scored before the lesion-randomised set existed: its cell is a dash
-    older = {k: v for k, v in row.items() if k != "lesions"}
+    # a row scored before the two other-lesion sets existed: their cells are dashes
+    older = {k: v for k, v in row.items() if k not in ("lesions", "simulator")}
     head, rule, line, old_line = cr.table([row, older]).splitlines()
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert len(cells) == len(head.strip("|").split("|")) == rule.count("---")
@@ -102,12 +103,13 @@ def test_compare_recipes_table_prints_each_figure_of_a_row():
         "0.713 [0.595, 0.818] (n=30)",
         "0.133 (n=30)",
         "0.451 [0.310, 0.580] (n=30)",
+        "0.602 [0.520, 0.680] (n=30)",
         "2.8",
         "0.840",
         "101",
         "12.1 min",
     ]
-    assert [c.strip() for c in old_line.strip("|").split("|")][6] == "—"
+    assert [c.strip() for c in old_line.strip("|").split("|")][6:8] == ["—", "—"]
 
 
 def test_compare_recipes_pairs_each_row_with_the_row_it_changes(tmp_path, monkeypatch):
@@ -124,7 +126,7 @@ def test_compare_recipes_pairs_each_row_with_the_row_it_changes(tmp_path, monkey
 
     for label in cr.LABELS:
         write("paper", label, [0.5, 0.6, 0.7, 0.2])
-        if label != "lesions":  # demo not scored there (an older run): no difference
+        if label not in ("lesions", "simulator"):  # demo not scored there (an older run)
             write("demo", label, [0.7, 0.7, 0.7])  # s3 not scored: left out of the pairing
     write("paper", "test", [0.5, 0.6, 0.7, 0.2], "ensemble")
     write("demo", "test", [0.7, 0.8, 0.6], "ensemble")
@@ -137,4 +139,4 @@ def test_compare_recipes_pairs_each_row_with_the_row_it_changes(tmp_path, monkey
     e = diffs["demo: ensemble − final"]
     assert set(e) == {"test"} and e["test"]["mean"] == pytest.approx(0.0, abs=1e-12)
     line = cr.paired_table(diffs).splitlines()[3]  # after the head, the rule and demo − paper
-    assert line == "| paper: ensemble − final | +0.000 [+0.000, +0.000] (n=4) | — | — | — |"
+    assert line == "| paper: ensemble − final | +0.000 [+0.000, +0.000] (n=4) | — | — | — | — |"

@@ -51,6 +51,9 @@ TEST_DATA = "data/synthetic_2mm_test"
 EXTERNAL_DATA = "data/synthetic_2mm_external"
 RANDOMISED_TEST_DATA = "data/synthetic_2mm_randomised_test"
 LESION_TEST_DATA = "data/synthetic_2mm_lesion_test"
+# Lesions of the second simulator (stroke_seg.data.blob_lesions): other shapes, places,
+# contrasts and borders than any training lesion, on familiar scans.
+SIMULATOR_TEST_DATA = "data/synthetic_2mm_blob_test"
 # The training subjects of TRAIN_DATA with the generator's domain randomisation (other tissue
 # and lesion contrasts per subject; docs/synthetic_data.md), for the generalisation rows.
 RANDOMISED_TRAIN_DATA = "data/synthetic_2mm_randomised"
@@ -60,8 +63,13 @@ DATASETS = {
     EXTERNAL_DATA: ["n=30", "seed=2", "spacing=2"],
     RANDOMISED_TEST_DATA: ["n=30", "seed=3", "spacing=2", "randomise=true"],
     LESION_TEST_DATA: ["n=30", "seed=4", "spacing=2", "randomise=lesion"],
+    SIMULATOR_TEST_DATA: ["n=30", "seed=5", "spacing=2", "lesions=blob"],
 }
 RANDOMISED_TRAIN_ARGS = ["n=40", "seed=0", "spacing=2", "randomise=true"]  # rows=randomised
+# The training subjects with lesions from both simulators, half each (lesions=mixed): for
+# rows=mixed_lesions. Its "other simulator" column is then a simulator seen in training.
+MIXED_TRAIN_DATA = "data/synthetic_2mm_mixed"
+MIXED_TRAIN_ARGS = ["n=40", "seed=0", "spacing=2", "lesions=mixed"]
 # 120 training subjects (the first 40 are TRAIN_DATA's: a subject depends on (seed, index)).
 TRAIN_DATA_120 = "data/synthetic_2mm_120"
 TRAIN_120_ARGS = ["n=120", "seed=0", "spacing=2"]
@@ -142,6 +150,12 @@ ROWS: dict[str, Row] = {
         ],
     ),
     "fp32": Row("demo in fp32 (where auto picks bf16)", ["trainer.precision=32-true"]),
+    # Lesions from two simulators in training (half the subjects each); the other-lesion set
+    # (randomise=lesion) stays unseen, the other-simulator set is then a seen simulator.
+    "mixed_lesions": Row(
+        "demo on training scans whose lesions come from both simulators (lesions=mixed)",
+        [f"data.root={MIXED_TRAIN_DATA}"],
+    ),
     "randomised": Row(
         "demo on domain-randomised training scans", [f"data.root={RANDOMISED_TRAIN_DATA}"]
     ),
@@ -199,6 +213,8 @@ def sh(args: list[str], log: Path) -> float:
 
 def ensure_data(log: Path, names: list[str]) -> None:
     extra = {RANDOMISED_TRAIN_DATA: RANDOMISED_TRAIN_ARGS} if "randomised" in names else {}
+    if "mixed_lesions" in names:
+        extra[MIXED_TRAIN_DATA] = MIXED_TRAIN_ARGS
     if any(name.startswith("subjects120") for name in names):
         extra[TRAIN_DATA_120] = TRAIN_120_ARGS
     for folder, args in {**DATASETS, **extra}.items():
@@ -225,12 +241,14 @@ EVAL_DATA = {
     "external": EXTERNAL_DATA,
     "randomised": RANDOMISED_TEST_DATA,
     "lesions": LESION_TEST_DATA,
+    "simulator": SIMULATOR_TEST_DATA,
 }
 MODELS = {
     "test": ("final", "ensemble"),
     "external": ("final",),
     "randomised": ("final",),
     "lesions": ("final",),
+    "simulator": ("final",),
 }
 LABELS = tuple(MODELS)
 PAIRED_RESAMPLES = 5000
@@ -311,9 +329,9 @@ def run_row(
 def table(rows: list[dict]) -> str:
     head = (
         "| recipe | val DSC (n) | test DSC final [95 % CI] | test DSC ensemble | external DSC "
-        "| randomised DSC | other-lesion DSC | test HD95 mm (median) | test lesion F1 "
-        "| zoom-in epochs | train wall-clock |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| randomised DSC | other-lesion DSC | other-simulator DSC | test HD95 mm (median) "
+        "| test lesion F1 | zoom-in epochs | train wall-clock |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
 
     def dsc(m: dict) -> str:
@@ -323,12 +341,14 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         t, e = r["test"]["final"], r["test"]["ensemble"]
         x, z = r["external"]["final"], r["randomised"]["final"]
-        # rows scored before the lesion-randomised set existed lack it (rerun with keep=true)
-        les = r.get("lesions", {}).get("final")
-        other = dsc(les) if les else "—"
+        # rows scored before a set existed lack it (rerun with keep=true): a dash
+        other, simulator = (
+            dsc(r[label]["final"]) if label in r else "—" for label in ("lesions", "simulator")
+        )
         lines.append(
             f"| {r['row']}: {r['what']} | {r['val_dsc']:.3f} ({r['n_val']}) "
-            f"| {dsc(t)} | {e['dsc']:.3f} | {dsc(x)} | {z['dsc']:.3f} (n={z['n']}) | {other} "
+            f"| {dsc(t)} | {e['dsc']:.3f} | {dsc(x)} | {z['dsc']:.3f} (n={z['n']}) "
+            f"| {other} | {simulator} "
             f"| {t['hd95_mm']:.1f} | {t['lesion_f1']:.3f} | {r['zoom_in_epochs']} "
             f"| {r['train_seconds'] / 60:.1f} min |"
         )
@@ -372,8 +392,8 @@ def paired_differences(out: Path, names: list[str]) -> dict[str, dict]:
 
 def paired_table(diffs: dict[str, dict]) -> str:
     head = (
-        "| paired per scan | test | external | randomised | other lesions |\n"
-        "|---|---|---|---|---|\n"
+        "| paired per scan | test | external | randomised | other lesions | other simulator |\n"
+        "|---|---|---|---|---|---|\n"
     )
 
     def cell(d: dict | None) -> str:

@@ -58,6 +58,14 @@ within-lesion modulation) on the default tissue contrast and scanner: lesions un
 training ones on otherwise familiar scans, the question a new lesion simulator on the same
 template asks (``dataset.json`` records ``"mode": "lesion"``).
 
+**Another lesion simulator** (``lesions=blob``): the lesions of
+`stroke_seg.data.blob_lesions`, written apart from steps 1-2 above (other places, numbers,
+sizes, shapes, contrasts relative to the surrounding tissue, and borders), painted on the
+subject's template after its contrast change (step 3) and before steps 4-5.
+``lesions=mixed`` draws each subject with one of the two (half each, on its own stream
+``default_rng([seed, index, 0x313])``), for training on both. ``dataset.json`` records
+``lesion_model``; neither combines with ``randomise``.
+
 The output is the ATLAS v2.0 BIDS layout (``Training/R001/sub-r001s001/ses-1/anat/...``;
 subject index ``i`` is subject ``i % 50 + 1`` of site ``R{i // 50 + 1:03d}``), plus
 ``dataset.json`` with the parameters, per-subject lesion facts and size statistics.
@@ -69,7 +77,8 @@ CLI::
 
 (a Hydra command, conf/synthetic.yaml; ``overwrite=true`` writes into a foreign folder,
 ``quiet=true`` hides the progress bar, ``randomise=true`` the domain randomisation,
-``randomise=lesion`` its lesion part only).
+``randomise=lesion`` its lesion part only, ``lesions=blob`` or ``lesions=mixed`` the second
+lesion simulator).
 """
 
 from __future__ import annotations
@@ -91,6 +100,7 @@ from scipy import ndimage, special
 
 from stroke_seg.atomic import atomic_path, write_json
 from stroke_seg.config import config_path
+from stroke_seg.data import blob_lesions
 from stroke_seg.errors import StrokeSegError, exit_on_user_error
 
 GENERATOR = "stroke_seg.data.synthetic"
@@ -99,6 +109,12 @@ GENERATOR_VERSION = "1.0.0"
 RANDOMISATION_VERSION = "1.0.0"
 # ``randomise=``: off, everything (true), or the lesion's contrast only.
 RANDOMISE_MODES = ("off", "all", "lesion")
+# ``lesions=``: this module's lesion model, the second simulator of
+# stroke_seg.data.blob_lesions (held-out tests of lesions drawn another way), or a mix: each
+# subject drawn by one of the two (training on both).
+LESION_MODELS = ("default", "blob", "mixed")
+MIXED_BLOB_FRACTION = 0.5  # lesions=mixed: the share of subjects with blob lesions
+_MIXED_STREAM = 0x313
 
 MIN_LESION_MM3 = 10.0
 MAX_LESION_MM3 = 2.8e5
@@ -219,14 +235,21 @@ def _template(spacing: float) -> _Template:
 
 
 @lru_cache(maxsize=1)
-def _seed_candidates() -> dict[tuple[str, int], np.ndarray]:
-    """World coordinates (mm) of 2 mm parenchyma voxels inside each territory and hemisphere.
-
-    Seeds are always drawn from this 2 mm list so that the random stream does not depend on the
-    output spacing."""
+def _parenchyma_points() -> np.ndarray:
+    """World coordinates (mm) of the 2 mm parenchyma voxels, (n, 3). Lesion seeds are always
+    drawn from this 2 mm list so that the random stream does not depend on the output
+    spacing."""
     tpl = _template(2.0)
     idx = np.argwhere(tpl.parenchyma)
     pts = np.stack([tpl.axes_mm[a][idx[:, a]] for a in range(3)], axis=1)
+    pts.setflags(write=False)
+    return pts
+
+
+@lru_cache(maxsize=1)
+def _seed_candidates() -> dict[tuple[str, int], np.ndarray]:
+    """World coordinates (mm) of 2 mm parenchyma voxels inside each territory and hemisphere."""
+    pts = _parenchyma_points()
     out = {}
     for name, (centre, radii) in TERRITORIES.items():
         for side in (-1, 1):
@@ -597,17 +620,81 @@ def randomise_mode(value: bool | str) -> str:
     return mode
 
 
+def _paint_default_lesions(
+    rng: np.random.Generator,
+    dr_rng: np.random.Generator | None,
+    dr: _Randomisation | None,
+    tpl: _Template,
+    plans: list[_LesionPlan],
+    side: int,
+    t1: np.ndarray,
+    core_value: float,
+    rim_strength: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(image with this module's lesions painted in, cavity fraction): each lesion's cavity
+    at ``core_value`` with its texture, a partial-volume ramp and the gliotic rim (module
+    docstring, step 2); ``dr`` adds the partly bright / partly dark modulation."""
+    frac = np.zeros(tpl.shape, np.float32)
+    glio = np.zeros(tpl.shape, np.float32)
+    core_img = np.full(tpl.shape, core_value, np.float32)
+    for lesion in plans:
+        box, f, g, texture = _draw_lesion(rng, tpl, lesion, side)
+        np.maximum(frac[box], f, out=frac[box])
+        np.maximum(glio[box], g, out=glio[box])
+        core = core_value * (1.0 + 0.06 * texture)
+        if dr is not None and dr_rng is not None and dr.partial_amp > 0:  # partly bright/dark
+            coords = tuple(tpl.axes_mm[a][box[a]] for a in range(3))
+            lo = np.array([c.min() for c in coords])
+            hi = np.array([c.max() for c in coords])
+            field = _smooth_field(dr_rng, coords, lo, hi, 8.0)  # type: ignore[arg-type]
+            core = core * (1.0 + dr.partial_amp * np.tanh(2.0 * field))
+        core_img[box] = np.where(f > 0, core, core_img[box])
+    img = t1 * (1.0 - rim_strength * glio)
+    return img * (1.0 - frac) + core_img * frac, frac
+
+
+def lesion_model(value: str) -> str:
+    """``lesions=`` as one of LESION_MODELS, or one sentence naming the key."""
+    model = str(value).strip().lower()
+    if model not in LESION_MODELS:
+        raise StrokeSegError(
+            f"lesions={value!r} is not known; use default (this generator's lesions), blob "
+            "(the second lesion simulator, stroke_seg.data.blob_lesions) or mixed (each "
+            "subject by one of the two)."
+        )
+    return model
+
+
+def _check_combination(mode: str, model: str) -> None:
+    if model != "default" and mode != "off":
+        raise StrokeSegError(
+            f"lesions={model} cannot be combined with randomise (it draws its own lesion "
+            "contrasts on the default scans); drop randomise= or use lesions=default."
+        )
+
+
 def generate_subject(
-    index: int, seed: int, spacing: float = 1.0, randomise: bool | str = False
+    index: int,
+    seed: int,
+    spacing: float = 1.0,
+    randomise: bool | str = False,
+    lesions: str = "default",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Make subject ``index`` of the set with ``seed``: (T1 float32 0-255, mask uint8 0/1,
-    4x4 affine, info dict). Depends only on (seed, index, spacing, randomise); ``randomise``
-    adds the domain randomisation of the module docstring (same lesion and mask), "lesion"
-    only its lesion part."""
+    4x4 affine, info dict). Depends only on (seed, index, spacing, randomise, lesions);
+    ``randomise`` adds the domain randomisation of the module docstring (same lesion and
+    mask), "lesion" only its lesion part; ``lesions="blob"`` draws the lesions with the
+    second simulator (stroke_seg.data.blob_lesions) instead of this module's."""
     if int(index) < 0:
         raise StrokeSegError(f"subject index {index} is negative; use 0 or more.")
     spacing = _check_spacing(spacing)
     mode = randomise_mode(randomise)
+    model = lesion_model(lesions)
+    _check_combination(mode, model)
+    set_model = model
+    if model == "mixed":  # its own stream: the subject's other draws do not depend on it
+        pick = np.random.default_rng([int(seed), int(index), _MIXED_STREAM]).uniform()
+        model = "blob" if pick < MIXED_BLOB_FRACTION else "default"
     tpl = _template(spacing)
     rng = np.random.default_rng([int(seed), int(index)])
 
@@ -633,23 +720,17 @@ def generate_subject(
     core_value = csf_value * core_factor
     if dr is not None:
         core_value *= dr.lesion_factor
-    frac = np.zeros(tpl.shape, np.float32)
-    glio = np.zeros(tpl.shape, np.float32)
-    core_img = np.full(tpl.shape, core_value, np.float32)
-    for lesion in plans:
-        box, f, g, texture = _draw_lesion(rng, tpl, lesion, side)
-        np.maximum(frac[box], f, out=frac[box])
-        np.maximum(glio[box], g, out=glio[box])
-        core = core_value * (1.0 + 0.06 * texture)
-        if dr is not None and dr.partial_amp > 0:  # partly brighter, partly darker
-            coords = tuple(tpl.axes_mm[a][box[a]] for a in range(3))
-            lo = np.array([c.min() for c in coords])
-            hi = np.array([c.max() for c in coords])
-            field = _smooth_field(dr_rng, coords, lo, hi, 8.0)  # type: ignore[arg-type]
-            core = core * (1.0 + dr.partial_amp * np.tanh(2.0 * field))
-        core_img[box] = np.where(f > 0, core, core_img[box])
-    img = t1 * (1.0 - rim_strength * glio)
-    img = img * (1.0 - frac) + core_img * frac
+    blob_plans: list[blob_lesions.BlobPlan] = []
+    if model == "blob":
+        blob_rng = np.random.default_rng([int(seed), int(index), blob_lesions.STREAM])
+        blob_plans = blob_lesions.plan_blob_lesions(blob_rng, _parenchyma_points())
+        img, frac = blob_lesions.paint_blob_lesions(
+            blob_rng, blob_plans, t1, tpl.parenchyma, tpl.axes_mm, spacing
+        )
+    else:
+        img, frac = _paint_default_lesions(
+            rng, dr_rng, dr, tpl, plans, side, t1, core_value, rim_strength
+        )
     img = np.where(tpl.t1 > 0, img, 0.0).astype(np.float32)
 
     # ---- warp (output voxel p samples template at c + A (p - c) + u(p)) -----------------
@@ -730,6 +811,20 @@ def generate_subject(
     }
     if dr is not None:
         info["domain_randomisation"] = dr.record() | ({} if everything else {"mode": mode})
+    if blob_plans:  # the second simulator's lesions replace the plan's
+        first = blob_plans[0].centre_mm[0]
+        info |= {
+            "hemisphere": "left" if first < 0 else "right",
+            "territory": "any",
+            "requested_volume_mm3": float(sum(p.volume for p in blob_plans)),
+            "n_lesions_placed": len(blob_plans),
+            "lesions": [p.record() for p in blob_plans],
+        }
+        for key in ("core_value", "rim_strength"):
+            del info["appearance"][key]
+    if set_model != "default":  # which simulator drew this subject's lesions
+        version = blob_lesions.BLOB_VERSION if model == "blob" else GENERATOR_VERSION
+        info["lesion_model"] = {"name": model, "version": version}
     return image, mask, tpl.affine.copy(), info
 
 
@@ -825,11 +920,20 @@ def _read_manifest(out_dir: Path) -> dict | None:
 
 
 def _manifest(
-    seed: int, spacing: float, n: int, subjects: list[dict], complete: bool, randomise: str = "off"
+    seed: int,
+    spacing: float,
+    n: int,
+    subjects: list[dict],
+    complete: bool,
+    randomise: str = "off",
+    lesions: str = "default",
 ) -> dict:
     tpl = _template(spacing)
     record = _manifest_randomisation(randomise)
     extra = {"domain_randomisation": record} if record is not None else {}
+    model = _manifest_lesion_model(lesions)
+    if model is not None:
+        extra["lesion_model"] = model
     return {
         "generator": GENERATOR,
         "version": GENERATOR_VERSION,
@@ -857,6 +961,16 @@ def _manifest_randomisation(randomise: bool | str) -> dict | None:
     return {"version": RANDOMISATION_VERSION} | ({"mode": mode} if mode != "all" else {})
 
 
+def _manifest_lesion_model(lesions: str) -> dict | None:
+    """What dataset.json records under ``lesion_model`` (absent for this module's lesions,
+    so the default set's manifest is what it was before the option)."""
+    model = lesion_model(lesions)
+    if model == "default":
+        return None
+    record = {"name": model, "version": blob_lesions.BLOB_VERSION}
+    return record | ({"blob_fraction": MIXED_BLOB_FRACTION} if model == "mixed" else {})
+
+
 def _remove_subject(out_dir: Path, index: int) -> None:
     t1_path, _ = subject_paths(out_dir, index)
     sub_dir = t1_path.parents[2]
@@ -875,6 +989,7 @@ def generate_dataset(
     overwrite: bool = False,
     progress: bool = True,
     randomise: bool | str = False,
+    lesions: str = "default",
 ) -> Path:
     """Write ``n_subjects`` synthetic subjects in the ATLAS v2.0 BIDS layout plus dataset.json.
 
@@ -891,9 +1006,12 @@ def generate_dataset(
 
     Files are written under a temporary name and renamed, so a killed run leaves no half file.
     ``randomise`` turns on the domain randomisation (module docstring; "lesion": its lesion
-    part only); a set made in one mode is never reused for another.
+    part only); ``lesions="blob"`` draws the lesions with the second simulator
+    (stroke_seg.data.blob_lesions). A set made in one mode is never reused for another.
     """
     randomise = randomise_mode(randomise)
+    lesions = lesion_model(lesions)
+    _check_combination(randomise, lesions)
     out = Path(out_dir).expanduser()
     if int(n_subjects) < 1:
         raise StrokeSegError(f"n_subjects={n_subjects}; ask for at least 1 subject.")
@@ -915,6 +1033,7 @@ def generate_dataset(
         and old.get("seed") == seed
         and float(old.get("spacing", -1)) == spacing
         and old.get("domain_randomisation") == _manifest_randomisation(randomise)
+        and old.get("lesion_model") == _manifest_lesion_model(lesions)
     )
     reusable: dict[int, dict] = {}
     if same:
@@ -933,7 +1052,7 @@ def generate_dataset(
 
     subjects: list[dict] = [reusable[i] for i in sorted(reusable)]
     todo = [i for i in range(n) if i not in reusable]
-    manifest = functools.partial(_manifest, seed, spacing, n, randomise=randomise)
+    manifest = functools.partial(_manifest, seed, spacing, n, randomise=randomise, lesions=lesions)
     _write_json_atomic(manifest(subjects, complete=False), out / "dataset.json")
     bar = None
     if progress:
@@ -942,7 +1061,7 @@ def generate_dataset(
         bar = tqdm(total=n, initial=n - len(todo), desc="synthetic subjects", unit="subj")
     try:
         for i in todo:
-            image, mask, affine, info = generate_subject(i, seed, spacing, randomise)
+            image, mask, affine, info = generate_subject(i, seed, spacing, randomise, lesions)
             t1_path, mask_path = subject_paths(out, i)
             _save_atomic(image, affine, t1_path)
             _save_atomic(mask, affine, mask_path)
@@ -996,14 +1115,17 @@ def run(cfg: DictConfig) -> Path:
         overwrite=bool(cfg.overwrite),
         progress=not cfg.quiet,
         randomise=cfg.randomise,
+        lesions=cfg.lesions,
     )
     elapsed = time.perf_counter() - start
     manifest = _read_manifest(out) or {}
     vol = manifest.get("summary", {}).get("lesion_volume_mm3", {})
     n_sec = sum(s.get("n_lesions_placed", 1) > 1 for s in manifest.get("subjects", []))
     shape = "x".join(str(v) for v in manifest.get("shape", []))
+    model = manifest.get("lesion_model")
+    kind = f"{model['name']} lesions, " if model else ""
     print(
-        f"synthetic set: {manifest.get('n_subjects')} subjects (seed {seed}, "
+        f"synthetic set: {manifest.get('n_subjects')} subjects ({kind}seed {seed}, "
         f"{spacing:g} mm, grid {shape}) in {out} [{elapsed:.1f} s]; lesion volume "
         f"median {vol.get('median', float('nan')):.0f} mm3 (min {vol.get('min', 0):.0f}, "
         f"max {vol.get('max', 0):.0f}); {n_sec} with secondary lesions",
