@@ -77,6 +77,13 @@ class BlobPlan:
         }
 
 
+def _radius(volume_mm3: float) -> float:
+    """Radius (mm) of the sphere of ``volume_mm3``: the size scale of a lesion's spheres and
+    of its smoothing (synthetic.equivalent_radius, which this module cannot import: that
+    module imports this one)."""
+    return float((3.0 * volume_mm3 / (4.0 * np.pi)) ** (1 / 3))
+
+
 def plan_blob_lesions(rng: np.random.Generator, candidates_mm: np.ndarray) -> list[BlobPlan]:
     """Draw the lesions of one subject: number, split of the total volume, centres (from
     ``candidates_mm``, world coordinates of parenchyma voxels), sphere chains, contrast,
@@ -92,7 +99,7 @@ def plan_blob_lesions(rng: np.random.Generator, candidates_mm: np.ndarray) -> li
     for volume in volumes:
         centre = pool[int(rng.integers(len(pool)))] + rng.uniform(-1.0, 1.0, 3)
         n_spheres = int(rng.integers(1, 6))
-        radius = (3.0 * volume / (4.0 * np.pi)) ** (1 / 3)
+        radius = _radius(volume)
         steps = rng.standard_normal((n_spheres, 3))
         steps /= np.linalg.norm(steps, axis=1, keepdims=True)
         steps[0] = 0.0
@@ -150,8 +157,7 @@ def paint_blob_lesions(
         for c, r in zip(plan.sphere_centres_mm, plan.sphere_radii_mm, strict=True):
             d = np.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2)
             np.maximum(field, (1.0 - d / r).astype(np.float32), out=field)
-        radius = (3.0 * plan.volume / (4.0 * np.pi)) ** (1 / 3)
-        field = ndimage.gaussian_filter(field, 0.25 * radius / spacing)
+        field = ndimage.gaussian_filter(field, 0.25 * _radius(plan.volume) / spacing)
         allowed = parenchyma[box]
         values = field[allowed]
         target = min(max(int(round(plan.volume / spacing**3)), 1), values.size)
